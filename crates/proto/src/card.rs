@@ -107,7 +107,9 @@ impl CardContent {
             }
         }
         if self.signing_bytes().len() + 64 > MAX_CARD_LEN {
-            return Err(CardError::Invalid("card too large for its compact string: use fewer or shorter relay URLs"));
+            return Err(CardError::Invalid(
+                "card too large for its compact string: use fewer or shorter relay URLs",
+            ));
         }
         Ok(())
     }
@@ -115,7 +117,10 @@ impl CardContent {
     /// The bytes the signature covers.
     pub fn signing_bytes(&self) -> Vec<u8> {
         let mut w = Writer::with_capacity(256);
-        w.u8(CARD_VERSION).var8(self.label.as_bytes()).raw(&self.pubkey.to_bytes()).u8(self.relays.len() as u8);
+        w.u8(CARD_VERSION)
+            .var8(self.label.as_bytes())
+            .raw(&self.pubkey.to_bytes())
+            .u8(self.relays.len() as u8);
         for url in &self.relays {
             w.var8(url.as_bytes());
         }
@@ -200,8 +205,10 @@ impl IdentityCard {
         }
         let bits = r.u8("prefix bits")?;
         let value = r.u32("prefix value")?;
-        let prefix = Prefix::new(bits, value)
-            .map_err(|_| DecodeError::InvalidValue { field: "prefix", reason: "over 32 bits or value bits past length" })?;
+        let prefix = Prefix::new(bits, value).map_err(|_| DecodeError::InvalidValue {
+            field: "prefix",
+            reason: "over 32 bits or value bits past length",
+        })?;
         let updated = r.u64("updated")?;
         let sig = Signature::from_bytes(r.array("signature")?);
         r.finish()?;

@@ -151,7 +151,8 @@ mod tests {
     fn stranger_drop_is_found_and_opened() {
         let prefix = Prefix::new(12, 0xabc0_0000).expect("ok");
         let l = letter(Some(key(1).public_key()));
-        let (tag, env) = seal_drop_with_nonce(&l, Some(&key(1)), &prefix, &[3; 32], &[4; 32], &[5; 32]).expect("seals");
+        let (tag, env) =
+            seal_drop_with_nonce(&l, Some(&key(1)), &prefix, &[3; 32], &[4; 32], &[5; 32]).expect("seals");
         assert!(prefix.matches(&tag));
         assert_eq!(open_drop(&key(2), &prefix, &tag, &env).expect("opens").letter, l);
         // Another recipient with the same prefix: the cheap check says no.
@@ -165,7 +166,8 @@ mod tests {
         let chain = ChainKey::derive(&alice, &bob.public_key(), &alice.public_key(), &bob.public_key());
         let l = letter(Some(alice.public_key()));
         let (tag, env) =
-            seal_contact_drop_with_nonce(&l, &alice, &prefix, &chain, 5, &[3; 32], &[4; 32], &[5; 32]).expect("seals");
+            seal_contact_drop_with_nonce(&l, &alice, &prefix, &chain, 5, &[3; 32], &[4; 32], &[5; 32])
+                .expect("seals");
         let at_bob = ChainKey::derive(&bob, &alice.public_key(), &alice.public_key(), &bob.public_key());
         assert_eq!(at_bob.tag(&prefix, 5), tag);
         // Not a stranger-path tag, but the envelope itself opens normally.

@@ -139,7 +139,11 @@ impl SecretKey {
     }
 
     /// Signs a 32-byte digest with BIP-340, drawing the auxiliary randomness from `rng`.
-    pub fn sign<R: rand_core::RngCore + rand_core::CryptoRng>(&self, digest: &[u8; 32], rng: &mut R) -> Signature {
+    pub fn sign<R: rand_core::RngCore + rand_core::CryptoRng>(
+        &self,
+        digest: &[u8; 32],
+        rng: &mut R,
+    ) -> Signature {
         let mut aux = [0u8; 32];
         rng.fill_bytes(&mut aux);
         self.sign_with_aux(digest, &aux)
@@ -297,10 +301,7 @@ impl Signature {
 
     /// Parses a slice that must be exactly 64 bytes.
     pub fn from_slice(bytes: &[u8]) -> Result<Self, KeyError> {
-        bytes
-            .try_into()
-            .map(Self)
-            .map_err(|_| KeyError::InvalidLength { expected: 64, got: bytes.len() })
+        bytes.try_into().map(Self).map_err(|_| KeyError::InvalidLength { expected: 64, got: bytes.len() })
     }
 
     /// The 64 bytes.
@@ -388,7 +389,8 @@ fn check_checksum_kind(text: &str, hrp: &str) -> Result<(), KeyError> {
 
 /// Decodes a bech32m string with the expected prefix, checking zero padding.
 pub(crate) fn decode_bech32m(text: &str, expected_hrp: &'static str) -> Result<Vec<u8>, KeyError> {
-    let checked = CheckedHrpstring::new::<Bech32m>(text).map_err(|e| KeyError::InvalidBech32(e.to_string()))?;
+    let checked =
+        CheckedHrpstring::new::<Bech32m>(text).map_err(|e| KeyError::InvalidBech32(e.to_string()))?;
     if checked.hrp().as_str() != expected_hrp {
         return Err(KeyError::WrongPrefix { found: checked.hrp().to_string(), expected: expected_hrp });
     }
@@ -439,9 +441,11 @@ mod tests {
     fn wrong_checksum_kind_is_rejected() {
         let public = key(5).public_key();
         // A pigeon key with the old bech32 checksum, and an npub with bech32m.
-        let bech32_pigeon = bech32::encode::<Bech32>(Hrp::parse_unchecked("pigeon"), &public.to_bytes()).expect("fits");
+        let bech32_pigeon =
+            bech32::encode::<Bech32>(Hrp::parse_unchecked("pigeon"), &public.to_bytes()).expect("fits");
         assert!(matches!(PublicKey::parse(&bech32_pigeon), Err(KeyError::InvalidBech32(_))));
-        let bech32m_npub = bech32::encode::<Bech32m>(Hrp::parse_unchecked("npub"), &public.to_bytes()).expect("fits");
+        let bech32m_npub =
+            bech32::encode::<Bech32m>(Hrp::parse_unchecked("npub"), &public.to_bytes()).expect("fits");
         assert!(matches!(PublicKey::parse(&bech32m_npub), Err(KeyError::InvalidBech32(_))));
     }
 

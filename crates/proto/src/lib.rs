@@ -14,6 +14,7 @@ pub mod keyfile;
 pub mod keys;
 pub mod nip44;
 pub mod payload;
+pub mod receipt;
 pub mod request;
 pub mod seal;
 pub mod tag;

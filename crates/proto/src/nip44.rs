@@ -192,8 +192,8 @@ pub fn message_keys(key: &ConversationKey, nonce: &[u8; 32]) -> MessageKeys {
 /// [`MIN_PLAINTEXT`]..=[`MAX_PLAINTEXT`].
 ///
 /// # Errors
-/// [`Nip44Error::PlaintextLength`] for 0, and for lengths above `usize::MAX / 2` whose padded
-/// length would not fit in a `usize`.
+/// [`Nip44Error::PlaintextLength`] for 0, and for lengths above `2^(usize::BITS - 1)`, whose
+/// padded length would not fit in a `usize`.
 pub fn calc_padded_len(unpadded_len: usize) -> Result<usize, Nip44Error> {
     if unpadded_len == 0 {
         return Err(Nip44Error::PlaintextLength(unpadded_len));
@@ -238,6 +238,7 @@ pub fn encrypt_with_nonce(
     payload.resize(HEADER_LEN + padded_len, 0);
 
     // The padded plaintext is encrypted in place, so no plaintext copy outlives this call.
+    // `apply_keystream` panics only past ChaCha20's 256 GiB keystream; this is <= 65538 bytes.
     let mut cipher = ChaCha20::new(keys.chacha_key().into(), keys.chacha_nonce().into());
     cipher.apply_keystream(&mut payload[HEADER_LEN..]);
 
@@ -274,6 +275,7 @@ pub fn decrypt(key: &ConversationKey, payload: &[u8]) -> Result<Vec<u8>, Nip44Er
     }
 
     let mut padded = Zeroizing::new(ciphertext.to_vec());
+    // Cannot panic: at most 65538 bytes of a 256 GiB keystream (length checked above).
     let mut cipher = ChaCha20::new(keys.chacha_key().into(), keys.chacha_nonce().into());
     cipher.apply_keystream(&mut padded);
     unpad(&padded)

@@ -278,14 +278,19 @@ impl Payload {
         let mut r = Reader::new(body);
         let payload = match kind {
             kind::TEXT => {
-                let text = std::str::from_utf8(body).map_err(|_| DecodeError::InvalidUtf8 { field: "text" })?;
+                let text =
+                    std::str::from_utf8(body).map_err(|_| DecodeError::InvalidUtf8 { field: "text" })?;
                 r.take(body.len(), "text")?;
                 Payload::Text(text.to_owned())
             }
             kind::ACK => {
                 let count = r.u16("ack count")? as usize;
                 if count > MAX_ACK_ENTRIES {
-                    return Err(DecodeError::TooLong { field: "ack entries", len: count, max: MAX_ACK_ENTRIES });
+                    return Err(DecodeError::TooLong {
+                        field: "ack entries",
+                        len: count,
+                        max: MAX_ACK_ENTRIES,
+                    });
                 }
                 let mut entries = Vec::with_capacity(count);
                 for _ in 0..count {
@@ -329,9 +334,10 @@ impl Payload {
                 let memo = r.str16(MAX_MEMO_LEN, "memo")?.to_owned();
                 Payload::Payment(Payment { request_id, transactions, refund_address, memo })
             }
-            kind::MEMO => {
-                Payload::Memo(Memo { txid: r.array("txid")?, memo: r.str16(MAX_MEMO_LEN, "memo")?.to_owned() })
-            }
+            kind::MEMO => Payload::Memo(Memo {
+                txid: r.array("txid")?,
+                memo: r.str16(MAX_MEMO_LEN, "memo")?.to_owned(),
+            }),
             other => {
                 r.take(body.len(), "body")?;
                 Payload::Unknown { kind: other, body: body.to_vec() }
@@ -402,7 +408,8 @@ mod tests {
 
     #[test]
     fn record_id_rules() {
-        let check = |id: &str, expected: Result<(), RecordIdError>| assert_eq!(validate_record_id(id), expected);
+        let check =
+            |id: &str, expected: Result<(), RecordIdError>| assert_eq!(validate_record_id(id), expected);
         check("abc-DEF_1.2~3", Ok(()));
         check("", Err(RecordIdError::Empty));
         check(".", Err(RecordIdError::DotSegment));

@@ -172,14 +172,20 @@ impl Request {
 
     fn validate(&self) -> Result<(), DecodeError> {
         let record_id = |id: &str| {
-            validate_record_id(id)
-                .map_err(|_| DecodeError::InvalidValue { field: "record id", reason: "breaks the record id rules" })
+            validate_record_id(id).map_err(|_| DecodeError::InvalidValue {
+                field: "record id",
+                reason: "breaks the record id rules",
+            })
         };
         match self {
             Request::Write(w) => {
                 record_id(&w.record_id)?;
                 if w.content.len() > MAX_CONTENT_LEN {
-                    return Err(DecodeError::TooLong { field: "content", len: w.content.len(), max: MAX_CONTENT_LEN });
+                    return Err(DecodeError::TooLong {
+                        field: "content",
+                        len: w.content.len(),
+                        max: MAX_CONTENT_LEN,
+                    });
                 }
                 Ok(())
             }
@@ -259,7 +265,10 @@ impl Request {
                 after_ts: r.opt_u64("afterTs")?,
                 after_seq: r.opt_u64("afterSeq")?,
             }),
-            5 => Request::Delete(Delete { receiver: read_public_key(r, "receiver")?, record_id: read_record_id(r)? }),
+            5 => Request::Delete(Delete {
+                receiver: read_public_key(r, "receiver")?,
+                record_id: read_record_id(r)?,
+            }),
             6 => Request::Usage(Usage { after_ts: r.opt_u64("afterTs")?, before_ts: r.opt_u64("beforeTs")? }),
             7 => {
                 let invite =
@@ -321,7 +330,9 @@ impl Message {
 
     /// The canonical bytes the signature covers.
     pub fn signing_bytes(&self) -> Vec<u8> {
-        let mut w = Writer::with_capacity(128 + if let Request::Write(x) = &self.request { x.content.len() } else { 0 });
+        let mut w = Writer::with_capacity(
+            128 + if let Request::Write(x) = &self.request { x.content.len() } else { 0 },
+        );
         w.u8(REQUEST_VERSION)
             .u8(self.request.type_byte())
             .raw(&self.from.to_bytes())
@@ -569,7 +580,9 @@ pub(crate) mod base64_bytes {
         serializer.serialize_str(&BASE64.encode(bytes))
     }
 
-    pub(crate) fn deserialize<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+    pub(crate) fn deserialize<'de, D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<u8>, D::Error> {
         let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
         BASE64.decode(text.as_bytes()).map_err(serde::de::Error::custom)
     }
@@ -581,11 +594,16 @@ pub(crate) mod base64_bytes {
 pub(crate) mod hex_array {
     use serde::Deserialize as _;
 
-    pub(crate) fn serialize<S: serde::Serializer>(bytes: &[u8; 32], serializer: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: serde::Serializer>(
+        bytes: &[u8; 32],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&hex::encode(bytes))
     }
 
-    pub(crate) fn deserialize<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<[u8; 32], D::Error> {
+    pub(crate) fn deserialize<'de, D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<[u8; 32], D::Error> {
         let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
         let mut out = [0u8; 32];
         hex::decode_to_slice(text.as_bytes(), &mut out).map_err(serde::de::Error::custom)?;
@@ -605,7 +623,12 @@ mod tests {
     fn all_requests() -> Vec<Request> {
         let (a, b) = (key(1).public_key(), key(2).public_key());
         vec![
-            Request::Write(Write { record_id: "r1".into(), ttl: 3600, tag: Some(Tag([7; 20])), content: vec![1, 2, 3] }),
+            Request::Write(Write {
+                record_id: "r1".into(),
+                ttl: 3600,
+                tag: Some(Tag([7; 20])),
+                content: vec![1, 2, 3],
+            }),
             Request::Write(Write { record_id: "r2".into(), ttl: 0, tag: None, content: vec![] }),
             Request::Read(Read { owner: a, receiver: b, record_id: "r1".into() }),
             Request::Inventory(Inventory {
@@ -669,7 +692,10 @@ mod tests {
 
     #[test]
     fn cannot_sign_for_someone_else() {
-        assert_eq!(message(all_requests().remove(0)).sign_with_aux(&key(2), &[0; 32]), Err(RequestError::BadSignature));
+        assert_eq!(
+            message(all_requests().remove(0)).sign_with_aux(&key(2), &[0; 32]),
+            Err(RequestError::BadSignature)
+        );
     }
 
     #[test]

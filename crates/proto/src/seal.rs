@@ -134,9 +134,13 @@ impl Letter {
             }
             let flags = r.u8("letter flags")?;
             if flags & !FLAG_SIGNED != 0 {
-                return Err(DecodeError::InvalidValue { field: "letter flags", reason: "unknown flag bits set" });
+                return Err(DecodeError::InvalidValue {
+                    field: "letter flags",
+                    reason: "unknown flag bits set",
+                });
             }
-            let sender = if flags & FLAG_SIGNED != 0 { Some(read_public_key(&mut r, "sender")?) } else { None };
+            let sender =
+                if flags & FLAG_SIGNED != 0 { Some(read_public_key(&mut r, "sender")?) } else { None };
             let recipient = read_public_key(&mut r, "recipient")?;
             let created_at = r.u64("created_at")?;
             let record_id = read_record_id(&mut r)?;
@@ -144,7 +148,8 @@ impl Letter {
             let body = r.var32(crate::payload::MAX_BODY_LEN, "payload body")?;
             let payload = Payload::decode_body(kind, body)?;
             let signed_len = r.consumed().len();
-            let signature = if sender.is_some() { Some(Signature::from_bytes(r.array("signature")?)) } else { None };
+            let signature =
+                if sender.is_some() { Some(Signature::from_bytes(r.array("signature")?)) } else { None };
             Ok((Letter { sender, recipient, created_at, record_id, payload }, signed_len, signature))
         })();
         let (letter, signed_len, signature) = parsed.map_err(OpenError::Letter)?;
@@ -193,8 +198,13 @@ impl<'a> Envelope<'a> {
     }
 
     /// Decrypts with an already derived conversation key and verifies the letter.
-    pub fn open_with_key(&self, recipient: &SecretKey, key: &ConversationKey) -> Result<OpenedLetter, OpenError> {
-        let plaintext = zeroize::Zeroizing::new(nip44::decrypt(key, self.payload).map_err(OpenError::Decrypt)?);
+    pub fn open_with_key(
+        &self,
+        recipient: &SecretKey,
+        key: &ConversationKey,
+    ) -> Result<OpenedLetter, OpenError> {
+        let plaintext =
+            zeroize::Zeroizing::new(nip44::decrypt(key, self.payload).map_err(OpenError::Decrypt)?);
         let opened = Letter::decode_and_verify(&plaintext)?;
         if opened.letter.recipient != recipient.public_key() {
             return Err(OpenError::WrongRecipient);
@@ -333,7 +343,10 @@ mod tests {
     #[test]
     fn sender_mismatch_is_refused() {
         let l = letter("x");
-        assert_eq!(seal_with_nonce(&l, Some(&key(5)), &[3; 32], &[4; 32], &[5; 32]), Err(SealError::SenderMismatch));
+        assert_eq!(
+            seal_with_nonce(&l, Some(&key(5)), &[3; 32], &[4; 32], &[5; 32]),
+            Err(SealError::SenderMismatch)
+        );
         assert_eq!(seal_with_nonce(&l, None, &[3; 32], &[4; 32], &[5; 32]), Err(SealError::SenderMismatch));
     }
 

@@ -65,8 +65,9 @@ impl Tag {
 
     /// Parses exactly 20 bytes.
     pub fn from_slice(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let array: [u8; TAG_LEN] =
-            bytes.try_into().map_err(|_| DecodeError::InvalidValue { field: "tag", reason: "not 20 bytes" })?;
+        let array: [u8; TAG_LEN] = bytes
+            .try_into()
+            .map_err(|_| DecodeError::InvalidValue { field: "tag", reason: "not 20 bytes" })?;
         Ok(Self(array))
     }
 }
@@ -205,8 +206,14 @@ pub struct ChainKey([u8; 32]);
 impl ChainKey {
     /// Derives the chain key for drops from `sender` to `recipient`; `my_secret` is the secret
     /// of one of them and `their_public` the public key of the other.
-    pub fn derive(my_secret: &SecretKey, their_public: &PublicKey, sender: &PublicKey, recipient: &PublicKey) -> Self {
-        let point = secp256k1::ecdh::shared_secret_point(&their_public.to_even_point(), &my_secret.secp_secret());
+    pub fn derive(
+        my_secret: &SecretKey,
+        their_public: &PublicKey,
+        sender: &PublicKey,
+        recipient: &PublicKey,
+    ) -> Self {
+        let point =
+            secp256k1::ecdh::shared_secret_point(&their_public.to_even_point(), &my_secret.secp_secret());
         let shared_x = zeroize::Zeroizing::new(point);
         let key = tagged_hash(tags::CHAIN_KEY, &[&shared_x[..32], &sender.to_bytes(), &recipient.to_bytes()]);
         Self(key)
@@ -267,7 +274,8 @@ mod tests {
             // Bytes after the first four are untouched filler.
             assert_eq!(&tag.0[4..], &[0x5a; 16]);
             if bits < 32 {
-                let other = Prefix::truncate(bits + 1, tag.head() ^ (1 << (31 - u32::from(bits)))).expect("ok");
+                let other =
+                    Prefix::truncate(bits + 1, tag.head() ^ (1 << (31 - u32::from(bits)))).expect("ok");
                 assert!(!other.matches(&tag), "L={bits}");
             }
         }

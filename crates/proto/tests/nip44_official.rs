@@ -185,24 +185,21 @@ fn invalid_decrypt() {
         let payload = text(case, "payload");
         let note = text(case, "note");
         let err = decrypt_base64(&key, payload).expect_err(note);
-        let expected = if note == "unknown encryption version" {
-            Some(Nip44Error::UnsupportedEncoding)
-        } else if let Some(v) = note.strip_prefix("unknown encryption version ") {
-            Some(Nip44Error::UnsupportedVersion(v.parse().expect("version number in note")))
-        } else if note == "invalid base64" {
-            Some(Nip44Error::InvalidBase64)
-        } else if note == "invalid MAC" {
-            Some(Nip44Error::InvalidMac)
-        } else if note == "invalid padding" {
-            Some(Nip44Error::InvalidPadding)
-        } else if let Some(n) = note.strip_prefix("invalid payload length: ") {
-            Some(Nip44Error::InvalidBase64Length(n.parse().expect("length in note")))
-        } else {
-            None
+        let expected = match note {
+            "unknown encryption version" => Some(Nip44Error::UnsupportedEncoding),
+            "invalid base64" => Some(Nip44Error::InvalidBase64),
+            "invalid MAC" => Some(Nip44Error::InvalidMac),
+            "invalid padding" => Some(Nip44Error::InvalidPadding),
+            _ => note
+                .strip_prefix("unknown encryption version ")
+                .map(|v| Nip44Error::UnsupportedVersion(v.parse().expect("version number in note")))
+                .or_else(|| {
+                    note.strip_prefix("invalid payload length: ")
+                        .map(|n| Nip44Error::InvalidBase64Length(n.parse().expect("length in note")))
+                }),
         };
-        if let Some(expected) = expected {
-            assert_eq!(err, expected, "{case}");
-        }
+        let expected = expected.unwrap_or_else(|| panic!("unrecognised note {note:?}: extend this mapping"));
+        assert_eq!(err, expected, "{case}");
     }
     assert_eq!(cases.len(), 12);
 }

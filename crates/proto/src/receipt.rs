@@ -1,0 +1,635 @@
+//! What relays sign: write receipts batched under one Merkle root per commit group, and
+//! relay documents (usage reports, and later info documents and other responses).
+//!
+//! A relay that commits a group of writes together signs one [`CommitHeader`] over the
+//! RFC 6962 Merkle tree hash of the group's [`ReceiptLeaf`]s, and hands each writer its leaf,
+//! an inclusion proof and the signed header. One signature per group instead of one per
+//! write; each receipt still proves on its own that the relay accepted that exact record.
+
+use ct_merkle::mem_backed_tree::MemoryBackedTree;
+use ct_merkle::{InclusionProof, RootHash};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use crate::hash::{tagged_hash, tags};
+use crate::keys::{PublicKey, SecretKey, Signature};
+use crate::payload::{read_public_key, read_record_id, validate_record_id};
+use crate::request::hex_array;
+use crate::wire::{DecodeError, Reader, Writer};
+
+/// Version byte of receipts and relay documents.
+pub const RECEIPT_VERSION: u8 = 1;
+/// Largest commit group (leaves under one signature).
+pub const MAX_GROUP_SIZE: u32 = 1 << 16;
+/// Longest inclusion proof: log2 of the largest group.
+pub const MAX_PROOF_LEN: usize = 16;
+/// Largest relay document body.
+pub const MAX_DOCUMENT_BODY_LEN: usize = 1 << 20;
+/// Most entries in one usage report.
+pub const MAX_USAGE_ENTRIES: usize = 10_000;
+
+/// Why a receipt or document did not verify.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReceiptError {
+    /// Malformed bytes.
+    #[error("malformed receipt: {0}")]
+    Decode(#[from] DecodeError),
+    /// Malformed JSON.
+    #[error("malformed receipt JSON: {0}")]
+    Json(String),
+    /// Signed by, or naming, a different relay than expected.
+    #[error("the receipt is from another relay")]
+    WrongRelay,
+    /// The relay's signature does not verify.
+    #[error("the relay's signature does not verify")]
+    BadSignature,
+    /// The inclusion proof does not lead from the leaf to the signed root.
+    #[error("the inclusion proof does not match the signed root")]
+    BadProof,
+    /// The group is empty or larger than [`MAX_GROUP_SIZE`].
+    #[error("a commit group holds 1 to 65536 leaves")]
+    GroupSize,
+}
+
+/// What a relay attests for one accepted write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ReceiptLeaf {
+    /// The relay's key.
+    pub relay: PublicKey,
+    /// The outbox owner (the writer).
+    pub owner: PublicKey,
+    /// The receiver of the record.
+    pub receiver: PublicKey,
+    /// The record id.
+    pub record_id: String,
+    /// [`crate::request::Message::record_hash`] of the stored write.
+    #[serde(with = "hex_array")]
+    pub record_hash: [u8; 32],
+    /// The relay's sequence number for the record.
+    pub seq: u64,
+    /// When the relay stored it (unix ms).
+    pub stored_at: u64,
+    /// When the relay will drop it (unix ms).
+    pub expires_at: u64,
+}
+
+impl ReceiptLeaf {
+    /// Canonical bytes (the Merkle leaf input).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut w = Writer::with_capacity(200);
+        w.u8(RECEIPT_VERSION)
+            .raw(&self.relay.to_bytes())
+            .raw(&self.owner.to_bytes())
+            .raw(&self.receiver.to_bytes())
+            .var8(self.record_id.as_bytes())
+            .raw(&self.record_hash)
+            .u64(self.seq)
+            .u64(self.stored_at)
+            .u64(self.expires_at);
+        w.finish()
+    }
+
+    fn decode_from(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let version = r.u8("leaf version")?;
+        if version != RECEIPT_VERSION {
+            return Err(DecodeError::UnknownVersion(version));
+        }
+        Ok(Self {
+            relay: read_public_key(r, "relay")?,
+            owner: read_public_key(r, "owner")?,
+            receiver: read_public_key(r, "receiver")?,
+            record_id: read_record_id(r)?,
+            record_hash: r.array("record hash")?,
+            seq: r.u64("seq")?,
+            stored_at: r.u64("stored_at")?,
+            expires_at: r.u64("expires_at")?,
+        })
+    }
+}
+
+/// The header a relay signs for a commit group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CommitHeader {
+    /// The relay's key.
+    pub relay: PublicKey,
+    /// RFC 6962 Merkle tree hash (SHA-256) of the group's leaf bytes.
+    #[serde(with = "hex_array")]
+    pub root: [u8; 32],
+    /// Number of leaves in the group.
+    pub tree_size: u32,
+    /// When the group became durable (unix ms).
+    pub committed_at: u64,
+}
+
+impl CommitHeader {
+    /// Canonical bytes covered by the signature.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut w = Writer::with_capacity(80);
+        w.u8(RECEIPT_VERSION)
+            .raw(&self.relay.to_bytes())
+            .raw(&self.root)
+            .u32(self.tree_size)
+            .u64(self.committed_at);
+        w.finish()
+    }
+
+    /// The tagged hash the relay signs.
+    pub fn signing_hash(&self) -> [u8; 32] {
+        tagged_hash(tags::COMMIT, &[&self.to_bytes()])
+    }
+
+    fn decode_from(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let version = r.u8("commit version")?;
+        if version != RECEIPT_VERSION {
+            return Err(DecodeError::UnknownVersion(version));
+        }
+        Ok(Self {
+            relay: read_public_key(r, "relay")?,
+            root: r.array("root")?,
+            tree_size: r.u32("tree size")?,
+            committed_at: r.u64("committed_at")?,
+        })
+    }
+}
+
+/// A receipt for one write: its leaf, where it sits in the group, the path to the root, and
+/// the relay's signed header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WriteReceipt {
+    /// What the relay attests.
+    pub leaf: ReceiptLeaf,
+    /// The leaf's index in the group.
+    pub index: u32,
+    /// RFC 6962 inclusion proof: sibling hashes from the leaf up.
+    #[serde(with = "hex_hash_list")]
+    pub proof: Vec<[u8; 32]>,
+    /// The signed header.
+    pub commit: CommitHeader,
+    /// The relay's BIP-340 signature over the header.
+    pub sig: Signature,
+}
+
+impl WriteReceipt {
+    /// Verifies the receipt was issued by `relay`: names, signature and inclusion proof.
+    pub fn verify(&self, relay: &PublicKey) -> Result<(), ReceiptError> {
+        if self.commit.relay != *relay || self.leaf.relay != *relay {
+            return Err(ReceiptError::WrongRelay);
+        }
+        if self.commit.tree_size == 0
+            || self.commit.tree_size > MAX_GROUP_SIZE
+            || self.proof.len() > MAX_PROOF_LEN
+        {
+            return Err(ReceiptError::GroupSize);
+        }
+        relay.verify(&self.commit.signing_hash(), &self.sig).map_err(|_| ReceiptError::BadSignature)?;
+        let root = RootHash::<Sha256>::new(self.commit.root.into(), u64::from(self.commit.tree_size));
+        let proof = InclusionProof::<Sha256>::from_digests(self.proof.iter().map(|h| h.into()));
+        root.verify_inclusion(&self.leaf.to_bytes(), u64::from(self.index), &proof)
+            .map_err(|_| ReceiptError::BadProof)
+    }
+
+    /// Canonical bytes (for storing receipts).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut w = Writer::with_capacity(512);
+        w.var16(&self.leaf.to_bytes()).u32(self.index).u8(self.proof.len() as u8);
+        for hash in &self.proof {
+            w.raw(hash);
+        }
+        w.raw(&self.commit.to_bytes()).raw(&self.sig.to_bytes());
+        w.finish()
+    }
+
+    /// Decodes canonical bytes (does not verify; call [`WriteReceipt::verify`]).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, ReceiptError> {
+        let mut r = Reader::new(bytes);
+        let leaf_bytes = r.var16(512, "leaf")?;
+        let mut leaf_reader = Reader::new(leaf_bytes);
+        let leaf = ReceiptLeaf::decode_from(&mut leaf_reader)?;
+        leaf_reader.finish()?;
+        let index = r.u32("index")?;
+        let count = r.u8("proof length")? as usize;
+        if count > MAX_PROOF_LEN {
+            return Err(DecodeError::TooLong { field: "proof", len: count, max: MAX_PROOF_LEN }.into());
+        }
+        let mut proof = Vec::with_capacity(count);
+        for _ in 0..count {
+            proof.push(r.array("proof hash")?);
+        }
+        let commit = CommitHeader::decode_from(&mut r)?;
+        let sig = Signature::from_bytes(r.array("signature")?);
+        r.finish()?;
+        Ok(Self { leaf, index, proof, commit, sig })
+    }
+
+    /// JSON form.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("receipt JSON serializes")
+    }
+
+    /// Parses the JSON form (does not verify).
+    pub fn from_json(text: &str) -> Result<Self, ReceiptError> {
+        let receipt: Self = serde_json::from_str(text).map_err(|e| ReceiptError::Json(e.to_string()))?;
+        validate_record_id(&receipt.leaf.record_id).map_err(|e| ReceiptError::Json(e.to_string()))?;
+        if receipt.proof.len() > MAX_PROOF_LEN {
+            return Err(ReceiptError::GroupSize);
+        }
+        Ok(receipt)
+    }
+}
+
+/// Builds the receipts of one commit group: push the leaves, then sign once.
+#[derive(Default)]
+pub struct CommitGroup {
+    tree: MemoryBackedTree<Sha256, Vec<u8>>,
+    leaves: Vec<ReceiptLeaf>,
+}
+
+impl CommitGroup {
+    /// An empty group.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a leaf; returns its index, or `GroupSize` when the group is full.
+    pub fn push(&mut self, leaf: ReceiptLeaf) -> Result<u32, ReceiptError> {
+        if self.leaves.len() >= MAX_GROUP_SIZE as usize {
+            return Err(ReceiptError::GroupSize);
+        }
+        self.tree.push(leaf.to_bytes());
+        self.leaves.push(leaf);
+        Ok((self.leaves.len() - 1) as u32)
+    }
+
+    /// Number of leaves so far.
+    pub fn len(&self) -> usize {
+        self.leaves.len()
+    }
+
+    /// Whether the group is empty.
+    pub fn is_empty(&self) -> bool {
+        self.leaves.is_empty()
+    }
+
+    /// Signs the group's root with explicit auxiliary bytes and returns one receipt per leaf,
+    /// in push order.
+    pub fn sign_with_aux(
+        self,
+        relay_key: &SecretKey,
+        committed_at: u64,
+        aux: &[u8; 32],
+    ) -> Result<Vec<WriteReceipt>, ReceiptError> {
+        if self.leaves.is_empty() {
+            return Err(ReceiptError::GroupSize);
+        }
+        let relay = relay_key.public_key();
+        if self.leaves.iter().any(|leaf| leaf.relay != relay) {
+            return Err(ReceiptError::WrongRelay);
+        }
+        let root = self.tree.root();
+        let mut root_bytes = [0u8; 32];
+        root_bytes.copy_from_slice(root.as_bytes());
+        let commit =
+            CommitHeader { relay, root: root_bytes, tree_size: self.leaves.len() as u32, committed_at };
+        let sig = relay_key.sign_with_aux(&commit.signing_hash(), aux);
+        let receipts = self
+            .leaves
+            .into_iter()
+            .enumerate()
+            .map(|(index, leaf)| {
+                let proof = self.tree.prove_inclusion(index);
+                let proof = proof
+                    .as_bytes()
+                    .chunks_exact(32)
+                    .map(|chunk| {
+                        let mut hash = [0u8; 32];
+                        hash.copy_from_slice(chunk);
+                        hash
+                    })
+                    .collect();
+                WriteReceipt { leaf, index: index as u32, proof, commit: commit.clone(), sig }
+            })
+            .collect();
+        Ok(receipts)
+    }
+}
+
+/// Kinds of relay documents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum DocumentKind {
+    /// The relay's info document (software, policies, limits, prices).
+    Info = 1,
+    /// A usage report.
+    UsageReport = 2,
+}
+
+impl DocumentKind {
+    fn from_byte(byte: u8) -> Result<Self, DecodeError> {
+        match byte {
+            1 => Ok(Self::Info),
+            2 => Ok(Self::UsageReport),
+            value => Err(DecodeError::UnknownType { field: "document kind", value: u64::from(value) }),
+        }
+    }
+}
+
+/// A document signed by a relay: a kind, the relay's key, a time and canonical body bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayDocument {
+    /// What the body is.
+    pub kind: DocumentKind,
+    /// The relay's key.
+    pub relay: PublicKey,
+    /// When the relay made it (unix ms).
+    pub timestamp: u64,
+    /// The kind's canonical body bytes.
+    pub body: Vec<u8>,
+    /// The relay's signature.
+    pub sig: Signature,
+}
+
+fn document_signing_bytes(kind: DocumentKind, relay: &PublicKey, timestamp: u64, body: &[u8]) -> Vec<u8> {
+    let mut w = Writer::with_capacity(body.len() + 48);
+    w.u8(RECEIPT_VERSION).u8(kind as u8).raw(&relay.to_bytes()).u64(timestamp).var32(body);
+    w.finish()
+}
+
+impl RelayDocument {
+    /// Signs a body with explicit auxiliary bytes.
+    pub fn sign_with_aux(
+        kind: DocumentKind,
+        relay_key: &SecretKey,
+        timestamp: u64,
+        body: Vec<u8>,
+        aux: &[u8; 32],
+    ) -> Self {
+        let relay = relay_key.public_key();
+        let digest =
+            tagged_hash(tags::RELAY_DOCUMENT, &[&document_signing_bytes(kind, &relay, timestamp, &body)]);
+        let sig = relay_key.sign_with_aux(&digest, aux);
+        Self { kind, relay, timestamp, body, sig }
+    }
+
+    /// Verifies the signature and that the document comes from `relay`.
+    pub fn verify(&self, relay: &PublicKey) -> Result<(), ReceiptError> {
+        if self.relay != *relay {
+            return Err(ReceiptError::WrongRelay);
+        }
+        let digest = tagged_hash(
+            tags::RELAY_DOCUMENT,
+            &[&document_signing_bytes(self.kind, &self.relay, self.timestamp, &self.body)],
+        );
+        relay.verify(&digest, &self.sig).map_err(|_| ReceiptError::BadSignature)
+    }
+
+    /// Canonical bytes: signed bytes then signature.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut bytes = document_signing_bytes(self.kind, &self.relay, self.timestamp, &self.body);
+        bytes.extend_from_slice(&self.sig.to_bytes());
+        bytes
+    }
+
+    /// Decodes canonical bytes (does not verify).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, ReceiptError> {
+        let mut r = Reader::new(bytes);
+        let version = r.u8("document version")?;
+        if version != RECEIPT_VERSION {
+            return Err(DecodeError::UnknownVersion(version).into());
+        }
+        let kind = DocumentKind::from_byte(r.u8("document kind")?)?;
+        let relay = read_public_key(&mut r, "relay")?;
+        let timestamp = r.u64("timestamp")?;
+        let body = r.var32(MAX_DOCUMENT_BODY_LEN, "body")?.to_vec();
+        let sig = Signature::from_bytes(r.array("signature")?);
+        r.finish()?;
+        Ok(Self { kind, relay, timestamp, body, sig })
+    }
+}
+
+/// One read of the account's outbox, as the relay logged it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct UsageEntry {
+    /// Who read (the outbox's receiver).
+    pub receiver: PublicKey,
+    /// Which record (path `/account/outbox/receiver/recordId`).
+    pub record_id: String,
+    /// Bytes served.
+    pub bytes: u32,
+    /// When (unix ms).
+    pub read_at: u64,
+}
+
+/// The seed's `UsageReport`: every read of one account's outboxes in a time window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct UsageReport {
+    /// The outbox owner the report is about.
+    pub account: PublicKey,
+    /// Window start (unix ms), if bounded.
+    pub after_ts: Option<u64>,
+    /// Window end (unix ms), if bounded.
+    pub before_ts: Option<u64>,
+    /// The reads.
+    pub reads: Vec<UsageEntry>,
+}
+
+impl UsageReport {
+    /// Canonical body bytes.
+    pub fn to_body(&self) -> Vec<u8> {
+        let mut w = Writer::with_capacity(64 + self.reads.len() * 64);
+        w.raw(&self.account.to_bytes())
+            .opt_u64(self.after_ts)
+            .opt_u64(self.before_ts)
+            .u32(self.reads.len() as u32);
+        for read in &self.reads {
+            w.raw(&read.receiver.to_bytes())
+                .var8(read.record_id.as_bytes())
+                .u32(read.bytes)
+                .u64(read.read_at);
+        }
+        w.finish()
+    }
+
+    /// Decodes body bytes.
+    pub fn from_body(body: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body);
+        let account = read_public_key(&mut r, "account")?;
+        let after_ts = r.opt_u64("afterTs")?;
+        let before_ts = r.opt_u64("beforeTs")?;
+        let count = r.u32("read count")? as usize;
+        if count > MAX_USAGE_ENTRIES {
+            return Err(DecodeError::TooLong { field: "reads", len: count, max: MAX_USAGE_ENTRIES });
+        }
+        let mut reads = Vec::with_capacity(count);
+        for _ in 0..count {
+            reads.push(UsageEntry {
+                receiver: read_public_key(&mut r, "receiver")?,
+                record_id: read_record_id(&mut r)?,
+                bytes: r.u32("bytes")?,
+                read_at: r.u64("read_at")?,
+            });
+        }
+        r.finish()?;
+        Ok(Self { account, after_ts, before_ts, reads })
+    }
+
+    /// Signs the report as a relay document.
+    pub fn sign_with_aux(&self, relay_key: &SecretKey, timestamp: u64, aux: &[u8; 32]) -> RelayDocument {
+        RelayDocument::sign_with_aux(DocumentKind::UsageReport, relay_key, timestamp, self.to_body(), aux)
+    }
+
+    /// Verifies a relay document and decodes the report in it.
+    pub fn from_document(document: &RelayDocument, relay: &PublicKey) -> Result<Self, ReceiptError> {
+        document.verify(relay)?;
+        if document.kind != DocumentKind::UsageReport {
+            return Err(
+                DecodeError::UnknownType { field: "document kind", value: document.kind as u64 }.into()
+            );
+        }
+        Ok(Self::from_body(&document.body)?)
+    }
+}
+
+/// Serde adapter: a list of 32-byte hashes as hex strings.
+mod hex_hash_list {
+    use serde::{Deserialize as _, Serialize as _};
+
+    pub(super) fn serialize<S: serde::Serializer>(
+        hashes: &[[u8; 32]],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        hashes.iter().map(hex::encode).collect::<Vec<_>>().serialize(serializer)
+    }
+
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<[u8; 32]>, D::Error> {
+        let texts = Vec::<String>::deserialize(deserializer)?;
+        texts
+            .iter()
+            .map(|text| {
+                let mut out = [0u8; 32];
+                hex::decode_to_slice(text, &mut out).map(|_| out).map_err(serde::de::Error::custom)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(byte: u8) -> SecretKey {
+        SecretKey::from_bytes(&[byte; 32]).expect("valid scalar")
+    }
+
+    fn leaf(seq: u64) -> ReceiptLeaf {
+        ReceiptLeaf {
+            relay: key(9).public_key(),
+            owner: key(1).public_key(),
+            receiver: key(2).public_key(),
+            record_id: format!("r{seq}"),
+            record_hash: [seq as u8; 32],
+            seq,
+            stored_at: 1000 + seq,
+            expires_at: 9000 + seq,
+        }
+    }
+
+    fn receipts(n: u64) -> Vec<WriteReceipt> {
+        let mut group = CommitGroup::new();
+        for seq in 0..n {
+            group.push(leaf(seq)).expect("fits");
+        }
+        group.sign_with_aux(&key(9), 5000, &[0; 32]).expect("signs")
+    }
+
+    #[test]
+    fn every_receipt_in_groups_of_any_size_verifies() {
+        for n in [1, 2, 3, 5, 8, 13, 64, 100] {
+            let all = receipts(n);
+            assert_eq!(all.len() as u64, n);
+            for receipt in &all {
+                assert_eq!(receipt.verify(&key(9).public_key()), Ok(()), "group {n} index {}", receipt.index);
+                assert_eq!(WriteReceipt::from_bytes(&receipt.to_bytes()).as_ref(), Ok(receipt));
+                assert_eq!(WriteReceipt::from_json(&receipt.to_json()).as_ref(), Ok(receipt));
+            }
+        }
+    }
+
+    #[test]
+    fn tampered_receipts_fail() {
+        let relay = key(9).public_key();
+        let all = receipts(7);
+        let mut r = all[3].clone();
+        r.leaf.seq += 1;
+        assert_eq!(r.verify(&relay), Err(ReceiptError::BadProof));
+        let mut r = all[3].clone();
+        r.index = 4;
+        assert_eq!(r.verify(&relay), Err(ReceiptError::BadProof));
+        let mut r = all[3].clone();
+        r.commit.committed_at += 1;
+        assert_eq!(r.verify(&relay), Err(ReceiptError::BadSignature));
+        let mut r = all[3].clone();
+        r.proof[0][0] ^= 1;
+        assert_eq!(r.verify(&relay), Err(ReceiptError::BadProof));
+        assert_eq!(all[3].verify(&key(8).public_key()), Err(ReceiptError::WrongRelay));
+        // A leaf moved into another group's receipt does not verify.
+        let mut r = all[3].clone();
+        r.leaf = leaf(99);
+        assert_eq!(r.verify(&relay), Err(ReceiptError::BadProof));
+    }
+
+    #[test]
+    fn flipped_bits_in_receipt_bytes_fail() {
+        let relay = key(9).public_key();
+        let bytes = receipts(5)[2].to_bytes();
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x01;
+            let ok = WriteReceipt::from_bytes(&bad).map(|r| r.verify(&relay).is_ok()).unwrap_or(false);
+            assert!(!ok, "byte {i}");
+        }
+    }
+
+    #[test]
+    fn root_matches_rfc6962_definition() {
+        // MTH of two leaves: SHA-256(0x01 || SHA-256(0x00 || d0) || SHA-256(0x00 || d1)).
+        use sha2::Digest;
+        let all = receipts(2);
+        let leaf_hash =
+            |d: &[u8]| -> [u8; 32] { Sha256::new().chain_update([0u8]).chain_update(d).finalize().into() };
+        let expected: [u8; 32] = Sha256::new()
+            .chain_update([1u8])
+            .chain_update(leaf_hash(&leaf(0).to_bytes()))
+            .chain_update(leaf_hash(&leaf(1).to_bytes()))
+            .finalize()
+            .into();
+        assert_eq!(all[0].commit.root, expected);
+    }
+
+    #[test]
+    fn usage_report_signs_and_verifies() {
+        let report = UsageReport {
+            account: key(1).public_key(),
+            after_ts: Some(1),
+            before_ts: None,
+            reads: vec![UsageEntry {
+                receiver: key(2).public_key(),
+                record_id: "r1".into(),
+                bytes: 1200,
+                read_at: 7,
+            }],
+        };
+        let doc = report.sign_with_aux(&key(9), 77, &[0; 32]);
+        let parsed = RelayDocument::from_bytes(&doc.to_bytes()).expect("decodes");
+        assert_eq!(UsageReport::from_document(&parsed, &key(9).public_key()), Ok(report));
+        let mut bad = parsed.clone();
+        bad.body[40] ^= 1;
+        assert_eq!(UsageReport::from_document(&bad, &key(9).public_key()), Err(ReceiptError::BadSignature));
+    }
+}
