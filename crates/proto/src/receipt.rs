@@ -273,6 +273,18 @@ impl CommitGroup {
         self.leaves.is_empty()
     }
 
+    /// Signs the group's root with randomness from `rng`; see [`CommitGroup::sign_with_aux`].
+    pub fn sign<R: rand_core::RngCore + rand_core::CryptoRng>(
+        self,
+        relay_key: &SecretKey,
+        committed_at: u64,
+        rng: &mut R,
+    ) -> Result<Vec<WriteReceipt>, ReceiptError> {
+        let mut aux = [0u8; 32];
+        rng.fill_bytes(&mut aux);
+        self.sign_with_aux(relay_key, committed_at, &aux)
+    }
+
     /// Signs the group's root with explicit auxiliary bytes and returns one receipt per leaf,
     /// in push order.
     pub fn sign_with_aux(
