@@ -300,22 +300,9 @@ fn bench_nip44(c: &mut Criterion) {
     group.finish();
 }
 
-
-fn bench_probe(c: &mut Criterion) {
-    let pk = key(RECIPIENT).public_key().to_bytes();
-    let sk = secp256k1::SecretKey::from_byte_array(&[SENDER; 32]).expect("valid");
-    let xonly = secp256k1::XOnlyPublicKey::from_byte_array(&pk).expect("valid");
-    let point = xonly.public_key(secp256k1::Parity::Even);
-    let mut group = c.benchmark_group("probe");
-    group.bench_function("parse_public", |b| b.iter(|| PublicKey::from_bytes(black_box(&pk))));
-    group.bench_function("ecdh_point", |b| b.iter(|| secp256k1::ecdh::shared_secret_point(black_box(&point), black_box(&sk))));
-    group.bench_function("secret_from_bytes", |b| b.iter(|| SecretKey::from_bytes(black_box(&[RELAY; 32]))));
-    group.finish();
-}
-
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_baseline, bench_keys, bench_request, bench_seal, bench_drops, bench_receipt, bench_nip44, bench_probe
+    targets = bench_baseline, bench_keys, bench_request, bench_seal, bench_drops, bench_receipt, bench_nip44
 }
 criterion_main!(benches);

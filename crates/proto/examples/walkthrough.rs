@@ -58,12 +58,21 @@ fn main() {
         from: alice.public_key(),
         to: bob.public_key(),
         timestamp: now,
-        request: Request::Write(Write { record_id: "msg-0001".into(), ttl: 7 * 86_400, tag: None, content: envelope }),
+        request: Request::Write(Write {
+            record_id: "msg-0001".into(),
+            ttl: 7 * 86_400,
+            tag: None,
+            content: envelope,
+        }),
     }
     .sign(&alice, &mut rng)
     .unwrap();
     let json = write.to_json();
-    println!("\nAlice's signed write, as sent over HTTP ({} bytes of JSON):\n{}...", json.len(), &json[..200]);
+    println!(
+        "\nAlice's signed write, as sent over HTTP ({} bytes of JSON):\n{}...",
+        json.len(),
+        &json[..200]
+    );
 
     // The relay verifies the signature over the canonical bytes the JSON maps to.
     let at_relay = SignedMessage::from_json(&json).expect("signature verifies");
@@ -83,7 +92,11 @@ fn main() {
         .unwrap();
     let receipt = group.sign(&relay, now, &mut rng).unwrap().remove(0);
     receipt.verify(&relay.public_key()).expect("receipt verifies");
-    println!("\nRelay receipt verified: seq {} under root {}", receipt.leaf.seq, hex::encode(receipt.commit.root));
+    println!(
+        "\nRelay receipt verified: seq {} under root {}",
+        receipt.leaf.seq,
+        hex::encode(receipt.commit.root)
+    );
 
     // Bob reads the record and opens it: only his key can, and the inner signature proves Alice.
     let Request::Write(stored) = &at_relay.message().request else { unreachable!() };
@@ -114,8 +127,14 @@ fn main() {
     }
     bucket.insert(137, (tag, drop_envelope));
     let started = std::time::Instant::now();
-    let mine: Vec<_> = bucket.iter().filter(|(tag, env)| check_drop(&bob, &prefix, tag, env).is_ok()).collect();
-    println!("Bob checked {} candidates in {:?}; {} addressed to him", bucket.len(), started.elapsed(), mine.len());
+    let mine: Vec<_> =
+        bucket.iter().filter(|(tag, env)| check_drop(&bob, &prefix, tag, env).is_ok()).collect();
+    println!(
+        "Bob checked {} candidates in {:?}; {} addressed to him",
+        bucket.len(),
+        started.elapsed(),
+        mine.len()
+    );
 
     // Contact path: once they know each other, Alice's drops to Bob use tags from a shared
     // chain key, which Bob recognises with a table lookup instead of an ECDH per candidate.
@@ -130,5 +149,8 @@ fn main() {
     println!("\nBob's key file:\n{}", key_file.to_json());
     let reopened = key_file.open("correct horse battery staple").unwrap();
     assert_eq!(reopened.public_key(), bob.public_key());
-    println!("Key file reopened with the passphrase; a wrong one gives: {}", key_file.open("wrong").unwrap_err());
+    println!(
+        "Key file reopened with the passphrase; a wrong one gives: {}",
+        key_file.open("wrong").unwrap_err()
+    );
 }

@@ -34,9 +34,7 @@ pub fn seal_drop_with_nonce(
     nonce: &[u8; 32],
     aux: &[u8; 32],
 ) -> Result<(Tag, Vec<u8>), SealError> {
-    let ephemeral = SecretKey::from_bytes(ephemeral_secret).map_err(|_| SealError::InvalidEphemeral)?;
-    let key = nip44::conversation_key(&ephemeral.secp_secret(), letter.recipient.secp_xonly());
-    let envelope = seal_with_key(letter, sender_key, &ephemeral.public_key(), &key, nonce, aux)?;
+    let (key, envelope) = seal_envelope(letter, sender_key, ephemeral_secret, nonce, aux)?;
     Ok((drop_tag(prefix, &key), envelope))
 }
 
@@ -54,9 +52,7 @@ pub fn seal_contact_drop_with_nonce(
     nonce: &[u8; 32],
     aux: &[u8; 32],
 ) -> Result<(Tag, Vec<u8>), SealError> {
-    let ephemeral = SecretKey::from_bytes(ephemeral_secret).map_err(|_| SealError::InvalidEphemeral)?;
-    let key = nip44::conversation_key(&ephemeral.secp_secret(), letter.recipient.secp_xonly());
-    let envelope = seal_with_key(letter, Some(sender_key), &ephemeral.public_key(), &key, nonce, aux)?;
+    let (_, envelope) = seal_envelope(letter, Some(sender_key), ephemeral_secret, nonce, aux)?;
     Ok((chain.tag(prefix, counter), envelope))
 }
 
@@ -82,6 +78,21 @@ pub fn seal_contact_drop<R: rand_core::RngCore + rand_core::CryptoRng>(
 ) -> Result<(Tag, Vec<u8>), SealError> {
     let (ephemeral, nonce, aux) = randomness(rng);
     seal_contact_drop_with_nonce(letter, sender_key, prefix, chain, counter, &ephemeral, &nonce, &aux)
+}
+
+/// Seals the envelope and returns it with its conversation key (from which a stranger-path
+/// tag is derived).
+fn seal_envelope(
+    letter: &Letter,
+    sender_key: Option<&SecretKey>,
+    ephemeral_secret: &[u8; 32],
+    nonce: &[u8; 32],
+    aux: &[u8; 32],
+) -> Result<(ConversationKey, Vec<u8>), SealError> {
+    let ephemeral = SecretKey::from_bytes(ephemeral_secret).map_err(|_| SealError::InvalidEphemeral)?;
+    let key = nip44::conversation_key(&ephemeral.secp_secret(), letter.recipient.secp_xonly());
+    let envelope = seal_with_key(letter, sender_key, &ephemeral.public_key(), &key, nonce, aux)?;
+    Ok((key, envelope))
 }
 
 fn randomness<R: rand_core::RngCore + rand_core::CryptoRng>(

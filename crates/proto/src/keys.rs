@@ -275,18 +275,7 @@ impl FromStr for PublicKey {
     }
 }
 
-impl serde::Serialize for PublicKey {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.to_hex())
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for PublicKey {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        Self::from_hex(&text).map_err(serde::de::Error::custom)
-    }
-}
+impl_text_serde!(PublicKey, to_hex, from_hex);
 
 /// A 64-byte BIP-340 Schnorr signature. Parsing only checks the length; validity (r on the
 /// curve, s below the order) is decided by verification.
@@ -328,18 +317,7 @@ impl fmt::Debug for Signature {
     }
 }
 
-impl serde::Serialize for Signature {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.to_hex())
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Signature {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        Self::from_hex(&text).map_err(serde::de::Error::custom)
-    }
-}
+impl_text_serde!(Signature, to_hex, from_hex);
 
 /// BIP-340 signature over a message of any length with explicit auxiliary randomness.
 pub fn sign_raw_with_aux(key: &SecretKey, message: &[u8], aux: &[u8; 32]) -> Signature {

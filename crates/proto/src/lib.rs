@@ -7,6 +7,25 @@
 
 #![forbid(unsafe_code)]
 
+/// Implements serde for a type with a text form: serialize via `$to` (a `String`), deserialize
+/// via `$from` (a `&str` parser whose error is `Display`).
+macro_rules! impl_text_serde {
+    ($ty:ty, $to:ident, $from:ident) => {
+        impl serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.$to())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(deserializer)?;
+                Self::$from(&text).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
 pub mod card;
 pub mod drops;
 pub mod hash;

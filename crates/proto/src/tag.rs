@@ -78,18 +78,7 @@ impl fmt::Debug for Tag {
     }
 }
 
-impl serde::Serialize for Tag {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.to_hex())
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Tag {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        Self::from_hex(&text).map_err(serde::de::Error::custom)
-    }
-}
+impl_text_serde!(Tag, to_hex, from_hex);
 
 /// A recipient's published prefix: the first `bits` bits of `value` (big-endian, most
 /// significant bit first). Bits of `value` past `bits` are always zero, so each prefix has
