@@ -1,7 +1,7 @@
 #![no_main]
 //! Keys, signatures and tags from text: `PublicKey::parse`, `SecretKey::parse`,
-//! `PublicKey::from_slice`, `Signature::from_hex`, `Tag::from_hex`; what parses round-trips
-//! through its hex and bech32m forms.
+//! `PublicKey::from_slice`, `Signature::from_hex`/`from_slice`, `Tag::from_hex`/`from_slice`;
+//! what parses round-trips through its hex and bech32m forms.
 
 use libfuzzer_sys::fuzz_target;
 use pigeonhole_proto::keys::{PublicKey, SecretKey, Signature};
@@ -21,6 +21,12 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(pk) = PublicKey::from_slice(data) {
         assert_eq!(pk.to_bytes()[..], *data);
+    }
+    if let Ok(sig) = Signature::from_slice(data) {
+        assert_eq!(sig.to_bytes()[..], *data);
+    }
+    if let Ok(tag) = Tag::from_slice(data) {
+        assert_eq!(tag.0[..], *data);
     }
     if let Ok(sig) = Signature::from_hex(&text) {
         assert!(sig.to_hex().eq_ignore_ascii_case(&text));

@@ -506,6 +506,100 @@ impl UsageReport {
     }
 }
 
+/// The body of a relay's info document: what it runs, who may register, its limits and its
+/// announced prices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RelayInfo {
+    /// Software name and version, e.g. `pigeonhole/0.1.0`.
+    pub software: String,
+    /// Account policy: 0 open, 1 invite, 2 contract.
+    pub policy: u8,
+    /// Largest record content accepted, in bytes.
+    pub max_record_bytes: u32,
+    /// TTL applied to writes that ask for 0, in seconds.
+    pub default_ttl_secs: u32,
+    /// Longest TTL granted, in seconds.
+    pub max_ttl_secs: u32,
+    /// Reads per record before deletion (0 = unlimited).
+    pub pull_limit: u32,
+    /// Accepted request clock skew, in seconds.
+    pub max_skew_secs: u32,
+    /// Default account quota: bytes stored.
+    pub max_account_bytes: u64,
+    /// Default account quota: records per day.
+    pub max_records_per_day: u32,
+    /// Price of storage, msat per GiB per day.
+    pub storage_msat_per_gib_day: u64,
+    /// Price of bandwidth, msat per GiB served.
+    pub bandwidth_msat_per_gib: u64,
+    /// Price of an account, msat per 30 days.
+    pub account_msat_per_month: u64,
+}
+
+/// Longest software string in an info document.
+pub const MAX_SOFTWARE_LEN: usize = 64;
+
+impl RelayInfo {
+    /// Canonical body bytes.
+    pub fn to_body(&self) -> Vec<u8> {
+        let mut w = Writer::with_capacity(96);
+        w.var8(self.software.as_bytes())
+            .u8(self.policy)
+            .u32(self.max_record_bytes)
+            .u32(self.default_ttl_secs)
+            .u32(self.max_ttl_secs)
+            .u32(self.pull_limit)
+            .u32(self.max_skew_secs)
+            .u64(self.max_account_bytes)
+            .u32(self.max_records_per_day)
+            .u64(self.storage_msat_per_gib_day)
+            .u64(self.bandwidth_msat_per_gib)
+            .u64(self.account_msat_per_month);
+        w.finish()
+    }
+
+    /// Decodes body bytes.
+    pub fn from_body(body: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body);
+        let info = Self {
+            software: r.str8(MAX_SOFTWARE_LEN, "software")?.to_owned(),
+            policy: r.u8("policy")?,
+            max_record_bytes: r.u32("max_record_bytes")?,
+            default_ttl_secs: r.u32("default_ttl_secs")?,
+            max_ttl_secs: r.u32("max_ttl_secs")?,
+            pull_limit: r.u32("pull_limit")?,
+            max_skew_secs: r.u32("max_skew_secs")?,
+            max_account_bytes: r.u64("max_account_bytes")?,
+            max_records_per_day: r.u32("max_records_per_day")?,
+            storage_msat_per_gib_day: r.u64("storage price")?,
+            bandwidth_msat_per_gib: r.u64("bandwidth price")?,
+            account_msat_per_month: r.u64("account price")?,
+        };
+        r.finish()?;
+        if info.policy > 2 {
+            return Err(DecodeError::UnknownType { field: "policy", value: u64::from(info.policy) });
+        }
+        Ok(info)
+    }
+
+    /// Signs the info as a relay document.
+    pub fn sign_with_aux(&self, relay_key: &SecretKey, timestamp: u64, aux: &[u8; 32]) -> RelayDocument {
+        RelayDocument::sign_with_aux(DocumentKind::Info, relay_key, timestamp, self.to_body(), aux)
+    }
+
+    /// Verifies a relay document and decodes the info in it.
+    pub fn from_document(document: &RelayDocument, relay: &PublicKey) -> Result<Self, ReceiptError> {
+        document.verify(relay)?;
+        if document.kind != DocumentKind::Info {
+            return Err(
+                DecodeError::UnknownType { field: "document kind", value: document.kind as u64 }.into()
+            );
+        }
+        Ok(Self::from_body(&document.body)?)
+    }
+}
+
 /// Serde adapter: a list of 32-byte hashes as hex strings.
 mod hex_hash_list {
     use serde::{Deserialize as _, Serialize as _};

@@ -455,6 +455,17 @@ impl SignedMessage {
         Ok(Self { message, sig })
     }
 
+    /// Decodes canonical bytes **without** checking the signature. Only for bytes this process
+    /// verified before and kept in storage it controls (a relay serving its own records); any
+    /// bytes from outside go through [`SignedMessage::from_bytes`].
+    pub fn from_trusted_bytes(bytes: &[u8]) -> Result<Self, RequestError> {
+        let mut r = Reader::new(bytes);
+        let message = Message::decode_from(&mut r)?;
+        let sig = Signature::from_bytes(r.array("signature")?);
+        r.finish()?;
+        Ok(Self { message, sig })
+    }
+
     /// The JSON form `{"msg": {"v", "type", "from", "to", "timestamp", "request", "sig"}}`.
     pub fn to_json(&self) -> String {
         json_string(&self.message, Some(&self.sig))

@@ -1,0 +1,269 @@
+//! Relay configuration: a TOML file, with every setting also reachable as a command-line flag
+//! or environment variable (the binary merges them; this module only knows the file format).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Who may open an account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AccountPolicy {
+    /// Any key may register (rate-limited per IP). The default for a local relay.
+    #[default]
+    Open,
+    /// Only keys the operator added, or that present one of the configured invite codes.
+    Invite,
+    /// Paid contracts (not yet available: registration is refused, operator-added keys work).
+    Contract,
+}
+
+impl AccountPolicy {
+    /// The policy's wire number in the info document.
+    pub fn as_u8(self) -> u8 {
+        match self {
+            AccountPolicy::Open => 0,
+            AccountPolicy::Invite => 1,
+            AccountPolicy::Contract => 2,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Limits the relay enforces on every request and record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest sealed content of one record, in bytes.
+    pub max_record_bytes: u32,
+    /// Largest HTTP request body, in bytes.
+    pub max_body_bytes: usize,
+    /// TTL applied when a write asks for 0, in seconds.
+    pub default_ttl_secs: u32,
+    /// Longest TTL granted, in seconds; longer requests are capped.
+    pub max_ttl_secs: u32,
+    /// Reads allowed per record before it is deleted (0 = unlimited).
+    pub pull_limit: u32,
+    /// Accepted clock difference between a request's timestamp and the relay, in seconds.
+    pub max_skew_secs: u32,
+    /// Most ids returned by one inventory.
+    pub max_inventory: u32,
+    /// Longest long-poll wait, in seconds.
+    pub max_wait_secs: u32,
+    /// Largest group of writes committed (and receipted) together.
+    pub max_commit_batch: usize,
+    /// Writes waiting for the commit thread before new ones are refused with 503.
+    pub commit_queue: usize,
+    /// Sustained requests per second allowed from one IP address.
+    pub requests_per_sec_per_ip: u32,
+    /// Burst allowed above the sustained rate, per IP.
+    pub burst_per_ip: u32,
+    /// Registrations per hour allowed from one IP address (open policy).
+    pub registrations_per_hour_per_ip: u32,
+    /// Concurrent connections served; more wait in the accept queue.
+    pub max_connections: usize,
+    /// Seconds a client may take to send its request.
+    pub request_timeout_secs: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_record_bytes: pigeonhole_proto::request::MAX_CONTENT_LEN as u32,
+            max_body_bytes: 256 * 1024,
+            default_ttl_secs: 30 * 86_400,
+            max_ttl_secs: 90 * 86_400,
+            pull_limit: 0,
+            max_skew_secs: 120,
+            max_inventory: 1000,
+            max_wait_secs: 60,
+            max_commit_batch: 1024,
+            commit_queue: 8192,
+            requests_per_sec_per_ip: 200,
+            burst_per_ip: 400,
+            registrations_per_hour_per_ip: 20,
+            max_connections: 4096,
+            request_timeout_secs: 30,
+        }
+    }
+}
+
+/// Account policy and default quotas.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccountsConfig {
+    /// Who may register.
+    pub policy: AccountPolicy,
+    /// Invite codes accepted under the `invite` policy.
+    pub invite_codes: Vec<String>,
+    /// Default quota: bytes stored at once per account.
+    pub max_bytes: u64,
+    /// Default quota: records accepted per account per UTC day.
+    pub max_records_per_day: u32,
+}
+
+impl Default for AccountsConfig {
+    fn default() -> Self {
+        Self {
+            policy: AccountPolicy::Open,
+            invite_codes: Vec::new(),
+            max_bytes: 1 << 30,
+            max_records_per_day: 100_000,
+        }
+    }
+}
+
+/// Announced prices (millisatoshi). Informational until contracts exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Prices {
+    /// Storage, per GiB per day.
+    pub storage_msat_per_gib_day: u64,
+    /// Bandwidth served, per GiB.
+    pub bandwidth_msat_per_gib: u64,
+    /// An account, per 30 days.
+    pub account_msat_per_month: u64,
+}
+
+/// The whole relay configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Data directory (store, relay key).
+    pub data: PathBuf,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Request and record limits.
+    pub limits: Limits,
+    /// Account policy and quotas.
+    pub accounts: AccountsConfig,
+    /// Announced prices.
+    pub prices: Prices,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            data: PathBuf::from("pigeonhole-relay"),
+            log_format: LogFormat::Text,
+            limits: Limits::default(),
+            accounts: AccountsConfig::default(),
+            prices: Prices::default(),
+        }
+    }
+}
+
+/// Why a configuration file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with line and column.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid setting `{field}`: {reason}")]
+    Invalid {
+        /// The setting.
+        field: &'static str,
+        /// The rule broken.
+        reason: &'static str,
+    },
+}
+
+impl RelayConfig {
+    /// Parses TOML text.
+    pub fn from_toml(text: &str, path: &std::path::Path) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads and parses a TOML file.
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Checks ranges that the types alone do not.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        let invalid = |field, reason| Err(ConfigError::Invalid { field, reason });
+        if l.max_record_bytes as usize > pigeonhole_proto::request::MAX_CONTENT_LEN {
+            return invalid("limits.max_record_bytes", "above the protocol's largest envelope (65636)");
+        }
+        if l.max_body_bytes < 1024 {
+            return invalid("limits.max_body_bytes", "must be at least 1024");
+        }
+        if l.max_ttl_secs == 0 || l.default_ttl_secs == 0 || l.default_ttl_secs > l.max_ttl_secs {
+            return invalid("limits.default_ttl_secs", "TTLs must be positive and default <= max");
+        }
+        if l.max_commit_batch == 0 || l.max_commit_batch > pigeonhole_proto::receipt::MAX_GROUP_SIZE as usize
+        {
+            return invalid("limits.max_commit_batch", "must be between 1 and 65536");
+        }
+        if l.commit_queue == 0 || l.max_inventory == 0 || l.max_connections == 0 {
+            return invalid("limits", "queue, inventory and connection limits must be positive");
+        }
+        if l.max_wait_secs > 300 {
+            return invalid("limits.max_wait_secs", "at most 300");
+        }
+        if l.requests_per_sec_per_ip == 0 || l.burst_per_ip == 0 {
+            return invalid("limits.requests_per_sec_per_ip", "rate limits must be positive");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_round_trip() {
+        let config = RelayConfig::default();
+        config.validate().expect("defaults valid");
+        let text = toml::to_string(&config).expect("serializes");
+        assert_eq!(RelayConfig::from_toml(&text, std::path::Path::new("x.toml")).expect("parses"), config);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let path = std::path::Path::new("relay.toml");
+        let err = RelayConfig::from_toml("listen = \"127.0.0.1:1\"\nlisten_port = 3\n", path)
+            .expect_err("unknown key");
+        assert!(err.to_string().contains("listen_port"), "{err}");
+        let err = RelayConfig::from_toml("[limits]\nmax_commit_batch = 0\n", path).expect_err("bad value");
+        assert!(err.to_string().contains("max_commit_batch"), "{err}");
+        let ok = RelayConfig::from_toml("[accounts]\npolicy = \"invite\"\ninvite_codes = [\"a\"]\n", path)
+            .expect("ok");
+        assert_eq!(ok.accounts.policy, AccountPolicy::Invite);
+    }
+}

@@ -1,0 +1,508 @@
+//! The relay's decision logic: turns a request (already parsed from JSON by the caller) into
+//! an authorized action on the store, or an error. Synchronous, clock passed in, no sockets:
+//! the HTTP adapter and tests drive it the same way.
+//!
+//! Order of checks for every request, so that nothing is read or written for a request that
+//! fails any of them (fail closed): signature (by the parser), addressing (`to` is this relay
+//! for everything but writes), freshness, path equality, replay, then authorization.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use pigeonhole_proto::keys::{PublicKey, SecretKey};
+use pigeonhole_proto::receipt::{RelayDocument, RelayInfo, UsageEntry, UsageReport};
+use pigeonhole_proto::request::{Inventory, Listen, Message, Request, SignedMessage, Write};
+use pigeonhole_store::{
+    Account, AccountStatus, ListQuery, NewRecord, ReadOutcome, RecordMeta, Store, StoredRecord,
+};
+
+use crate::config::{AccountPolicy, RelayConfig};
+use crate::error::{ErrorCode, RelayError};
+
+/// Most entries the replay cache holds; past this, requests are refused as busy rather than
+/// accepted unchecked.
+pub const REPLAY_CACHE_CAPACITY: usize = 1 << 20;
+
+const DAY_MS: u64 = 86_400_000;
+
+/// The URL path a request arrived on, to be compared with what it signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestPath {
+    /// `{owner}` segment.
+    pub owner: PublicKey,
+    /// `{receiver}` segment.
+    pub receiver: PublicKey,
+    /// `{recordId}` segment, for record paths.
+    pub record_id: Option<String>,
+}
+
+/// What a client gets back for a read.
+#[derive(Debug, Clone)]
+pub struct ReadResult {
+    /// The record.
+    pub record: StoredRecord,
+    /// Whether this read used up the record's pull limit (it is now deleted).
+    pub exhausted: bool,
+}
+
+/// Remembers the hashes of accepted requests until their timestamps leave the skew window.
+struct ReplayCache {
+    seen: HashMap<[u8; 32], u64>,
+    order: VecDeque<([u8; 32], u64)>,
+}
+
+impl ReplayCache {
+    fn new() -> Self {
+        Self { seen: HashMap::new(), order: VecDeque::new() }
+    }
+
+    /// Records `hash` (valid until `expires`); false if it was already there.
+    fn insert(&mut self, hash: [u8; 32], expires: u64, now: u64) -> Result<bool, RelayError> {
+        while let Some((old, at)) = self.order.front().copied() {
+            if at > now {
+                break;
+            }
+            self.order.pop_front();
+            if self.seen.get(&old) == Some(&at) {
+                self.seen.remove(&old);
+            }
+        }
+        if self.seen.contains_key(&hash) {
+            return Ok(false);
+        }
+        if self.seen.len() >= REPLAY_CACHE_CAPACITY {
+            return Err(RelayError::new(
+                ErrorCode::Busy,
+                "too many requests in the replay window; retry shortly",
+            ));
+        }
+        self.seen.insert(hash, expires);
+        self.order.push_back((hash, expires));
+        Ok(true)
+    }
+}
+
+/// The relay engine.
+pub struct Engine {
+    store: Arc<dyn Store>,
+    key: SecretKey,
+    config: RelayConfig,
+    replay: Mutex<ReplayCache>,
+    /// Records accepted per account in the current UTC day (in memory; a restart resets it,
+    /// which only ever errs in the user's favour).
+    daily: Mutex<HashMap<PublicKey, (u64, u32)>>,
+}
+
+impl Engine {
+    /// An engine over `store`, signing with `key`.
+    pub fn new(store: Arc<dyn Store>, key: SecretKey, config: RelayConfig) -> Self {
+        Self { store, key, config, replay: Mutex::new(ReplayCache::new()), daily: Mutex::new(HashMap::new()) }
+    }
+
+    /// The relay's public key.
+    pub fn public_key(&self) -> PublicKey {
+        self.key.public_key()
+    }
+
+    /// The relay's signing key (for receipts).
+    pub fn signing_key(&self) -> &SecretKey {
+        &self.key
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RelayConfig {
+        &self.config
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Parses a signed request's JSON, verifying its signature.
+    pub fn parse(&self, body: &str) -> Result<SignedMessage, RelayError> {
+        SignedMessage::from_json(body).map_err(|e| match e {
+            pigeonhole_proto::request::RequestError::BadSignature => RelayError::new(
+                ErrorCode::BadSignature,
+                "the signature does not verify for `from` over this request",
+            ),
+            other => RelayError::new(ErrorCode::BadRequest, other.to_string()),
+        })
+    }
+
+    /// Checks addressing, freshness and replay for a verified request. Writes are exempt from
+    /// the replay cache: a repeated write is idempotent (same record hash at the same path).
+    pub fn admit(&self, message: &Message, now: u64) -> Result<(), RelayError> {
+        let is_write = matches!(message.request, Request::Write(_));
+        if !is_write && message.to != self.public_key() {
+            return Err(RelayError::new(
+                ErrorCode::WrongRelay,
+                format!(
+                    "this request is addressed to {}, not to this relay ({})",
+                    message.to,
+                    self.public_key()
+                ),
+            ));
+        }
+        let skew = u64::from(self.config.limits.max_skew_secs) * 1000;
+        if !message.is_fresh(now, skew) {
+            return Err(RelayError::new(
+                ErrorCode::StaleRequest,
+                format!(
+                    "request timestamp {} is more than {}s from the relay's clock ({now}); check your clock",
+                    message.timestamp, self.config.limits.max_skew_secs
+                ),
+            ));
+        }
+        if !is_write {
+            let expires = message.timestamp.saturating_add(skew).saturating_add(1);
+            if !self.replay.lock().insert(message.signing_hash(), expires, now)? {
+                return Err(RelayError::new(
+                    ErrorCode::Replay,
+                    "this signed request was already used; sign a new one",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn mismatch(what: &str) -> RelayError {
+        RelayError::new(
+            ErrorCode::PathMismatch,
+            format!("the URL path's {what} does not match the signed request"),
+        )
+    }
+
+    /// Checks that a record path equals the signed `(owner, receiver, record id)`.
+    fn check_record_path(
+        path: &RequestPath,
+        owner: &PublicKey,
+        receiver: &PublicKey,
+        id: &str,
+    ) -> Result<(), RelayError> {
+        if path.owner != *owner {
+            return Err(Self::mismatch("owner"));
+        }
+        if path.receiver != *receiver {
+            return Err(Self::mismatch("receiver"));
+        }
+        if path.record_id.as_deref() != Some(id) {
+            return Err(Self::mismatch("record id"));
+        }
+        Ok(())
+    }
+
+    /// Validates a write and turns it into a record for the commit thread. Checks the path,
+    /// the account, sizes, TTL and quotas; stores nothing.
+    pub fn prepare_write(
+        &self,
+        signed: &SignedMessage,
+        path: &RequestPath,
+        now: u64,
+    ) -> Result<NewRecord, RelayError> {
+        let message = signed.message();
+        let Request::Write(write) = &message.request else {
+            return Err(RelayError::new(
+                ErrorCode::WrongRequestType,
+                "only `write` requests may be PUT to a record path",
+            ));
+        };
+        Self::check_record_path(path, &message.from, &message.to, &write.record_id)?;
+        self.check_can_write(&message.from, write, now)?;
+        let limits = &self.config.limits;
+        let ttl = if write.ttl == 0 { limits.default_ttl_secs } else { write.ttl.min(limits.max_ttl_secs) };
+        Ok(NewRecord {
+            owner: message.from,
+            receiver: message.to,
+            record_id: write.record_id.clone(),
+            tag: write.tag,
+            stored_at: now,
+            expires_at: now.saturating_add(u64::from(ttl) * 1000),
+            max_pulls: limits.pull_limit,
+            record_hash: message.record_hash(),
+            bytes: signed.to_bytes(),
+        })
+    }
+
+    fn check_can_write(&self, owner: &PublicKey, write: &Write, now: u64) -> Result<(), RelayError> {
+        let account = self.store.account(owner)?.ok_or_else(|| {
+            RelayError::new(
+                ErrorCode::NoAccount,
+                "this key has no account on this relay; register first (POST /v1/accounts)",
+            )
+        })?;
+        if account.status != AccountStatus::Active {
+            return Err(RelayError::new(
+                ErrorCode::AccountSuspended,
+                "this account may not write at the moment",
+            ));
+        }
+        let size = write.content.len();
+        if size > self.config.limits.max_record_bytes as usize {
+            return Err(RelayError::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "record content is {size} bytes; this relay accepts at most {}",
+                    self.config.limits.max_record_bytes
+                ),
+            ));
+        }
+        let max_bytes =
+            if account.max_bytes == 0 { self.config.accounts.max_bytes } else { account.max_bytes };
+        let used = self.store.owner_usage(owner)?;
+        if used.bytes.saturating_add(size as u64) > max_bytes {
+            return Err(RelayError::new(
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "storing this would exceed the account's {max_bytes}-byte quota ({} used)",
+                    used.bytes
+                ),
+            ));
+        }
+        let per_day = if account.max_records_per_day == 0 {
+            self.config.accounts.max_records_per_day
+        } else {
+            account.max_records_per_day
+        };
+        let day = now / DAY_MS;
+        let mut daily = self.daily.lock();
+        let entry = daily.entry(*owner).or_insert((day, 0));
+        if entry.0 != day {
+            *entry = (day, 0);
+        }
+        if entry.1 >= per_day {
+            return Err(RelayError::new(
+                ErrorCode::QuotaExceeded,
+                format!("the account's quota of {per_day} records per day is used up"),
+            ));
+        }
+        entry.1 += 1;
+        Ok(())
+    }
+
+    /// Serves a `read` (only the receiver may read) or performs a `delete` (only the owner).
+    pub fn record_op(
+        &self,
+        message: &Message,
+        path: &RequestPath,
+        now: u64,
+    ) -> Result<Option<ReadResult>, RelayError> {
+        match &message.request {
+            Request::Read(read) => {
+                Self::check_record_path(path, &read.owner, &read.receiver, &read.record_id)?;
+                if message.from != read.receiver {
+                    return Err(RelayError::new(ErrorCode::Forbidden, "only the receiver may read a record"));
+                }
+                match self.store.read(&read.owner, &read.receiver, &read.record_id, now)? {
+                    ReadOutcome::NotFound => Err(RelayError::new(ErrorCode::NotFound, "no such record")),
+                    ReadOutcome::Served { record, exhausted } => Ok(Some(ReadResult { record, exhausted })),
+                }
+            }
+            Request::Delete(delete) => {
+                Self::check_record_path(path, &message.from, &delete.receiver, &delete.record_id)?;
+                if self.store.delete(&message.from, &delete.receiver, &delete.record_id)? {
+                    Ok(None)
+                } else {
+                    Err(RelayError::new(ErrorCode::NotFound, "no such record"))
+                }
+            }
+            _ => Err(RelayError::new(
+                ErrorCode::WrongRequestType,
+                "POST to a record path takes `read` or `delete`",
+            )),
+        }
+    }
+
+    fn check_outbox_reader(
+        message: &Message,
+        owner: &PublicKey,
+        receiver: &PublicKey,
+        path: &RequestPath,
+    ) -> Result<(), RelayError> {
+        if path.owner != *owner || path.receiver != *receiver || path.record_id.is_some() {
+            return Err(Self::mismatch("outbox"));
+        }
+        if message.from != *receiver && message.from != *owner {
+            return Err(RelayError::new(
+                ErrorCode::Forbidden,
+                "only the receiver (or the owner) may list or listen to an outbox",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Lists record metadata for an `inventory`.
+    pub fn inventory(
+        &self,
+        message: &Message,
+        path: &RequestPath,
+        now: u64,
+    ) -> Result<Vec<RecordMeta>, RelayError> {
+        let Request::Inventory(Inventory { owner, receiver, after_ts, before_ts, after_seq, limit }) =
+            &message.request
+        else {
+            return Err(RelayError::new(ErrorCode::WrongRequestType, "expected `inventory`"));
+        };
+        Self::check_outbox_reader(message, owner, receiver, path)?;
+        let limit = (*limit).min(self.config.limits.max_inventory) as usize;
+        let query = ListQuery {
+            owner: *owner,
+            receiver: *receiver,
+            after_seq: after_seq.unwrap_or(0),
+            after_ts: *after_ts,
+            before_ts: *before_ts,
+            limit,
+        };
+        Ok(self.store.list(&query, now)?)
+    }
+
+    /// Checks a `listen` and returns where it starts: `(owner, receiver, after_seq)`. When the
+    /// request gives only `afterTs`, the relay starts at the first record stored after it.
+    pub fn listen_start(
+        &self,
+        message: &Message,
+        path: &RequestPath,
+        now: u64,
+    ) -> Result<(PublicKey, PublicKey, u64), RelayError> {
+        let Request::Listen(Listen { owner, receiver, after_ts, after_seq }) = &message.request else {
+            return Err(RelayError::new(ErrorCode::WrongRequestType, "expected `listen`"));
+        };
+        Self::check_outbox_reader(message, owner, receiver, path)?;
+        let start = match (after_seq, after_ts) {
+            (Some(seq), _) => *seq,
+            (None, Some(ts)) => {
+                let first = self.store.list(
+                    &ListQuery {
+                        owner: *owner,
+                        receiver: *receiver,
+                        after_seq: 0,
+                        after_ts: Some(*ts),
+                        before_ts: None,
+                        limit: 1,
+                    },
+                    now,
+                )?;
+                first.first().map_or(self.store.last_seq(), |meta| meta.seq.saturating_sub(1))
+            }
+            (None, None) => 0,
+        };
+        Ok((*owner, *receiver, start))
+    }
+
+    /// Records of an outbox after `after_seq` (for listen deliveries).
+    pub fn fetch_after(
+        &self,
+        owner: &PublicKey,
+        receiver: &PublicKey,
+        after_seq: u64,
+        now: u64,
+    ) -> Result<Vec<StoredRecord>, RelayError> {
+        Ok(self.store.fetch_after(
+            owner,
+            receiver,
+            after_seq,
+            self.config.limits.max_inventory as usize,
+            now,
+        )?)
+    }
+
+    /// Registers the signer under the account policy. Registering an existing account is
+    /// idempotent.
+    pub fn register(&self, message: &Message, now: u64) -> Result<Account, RelayError> {
+        let Request::Register(register) = &message.request else {
+            return Err(RelayError::new(ErrorCode::WrongRequestType, "expected `register`"));
+        };
+        if let Some(existing) = self.store.account(&message.from)? {
+            return Ok(existing);
+        }
+        let allowed = match self.config.accounts.policy {
+            AccountPolicy::Open => true,
+            AccountPolicy::Invite => register
+                .invite
+                .as_ref()
+                .is_some_and(|code| self.config.accounts.invite_codes.iter().any(|c| c == code)),
+            AccountPolicy::Contract => false,
+        };
+        if !allowed {
+            return Err(RelayError::new(
+                ErrorCode::InviteRequired,
+                match self.config.accounts.policy {
+                    AccountPolicy::Contract => "this relay sells accounts by contract; ask its operator",
+                    _ => {
+                        "this relay registers only invited keys: present a valid invite code or ask its operator"
+                    }
+                },
+            ));
+        }
+        let account = Account {
+            key: message.from,
+            status: AccountStatus::Active,
+            created_at: now,
+            max_bytes: 0,
+            max_records_per_day: 0,
+        };
+        self.store.put_account(&account)?;
+        Ok(account)
+    }
+
+    /// Builds the signed usage report for the signer's own outboxes.
+    pub fn usage(&self, message: &Message, now: u64) -> Result<RelayDocument, RelayError> {
+        let Request::Usage(usage) = &message.request else {
+            return Err(RelayError::new(ErrorCode::WrongRequestType, "expected `usage`"));
+        };
+        let rows = self.store.usage(
+            &message.from,
+            usage.after_ts,
+            usage.before_ts,
+            pigeonhole_proto::receipt::MAX_USAGE_ENTRIES,
+        )?;
+        let report = UsageReport {
+            account: message.from,
+            after_ts: usage.after_ts,
+            before_ts: usage.before_ts,
+            reads: rows
+                .into_iter()
+                .map(|row| UsageEntry {
+                    receiver: row.receiver,
+                    record_id: row.record_id,
+                    bytes: row.bytes,
+                    read_at: row.read_at,
+                })
+                .collect(),
+        };
+        Ok(report.sign_with_aux(&self.key, now, &random_aux()))
+    }
+
+    /// The relay's info (unsigned body).
+    pub fn info(&self) -> RelayInfo {
+        let c = &self.config;
+        RelayInfo {
+            software: concat!("pigeonhole/", env!("CARGO_PKG_VERSION")).to_owned(),
+            policy: c.accounts.policy.as_u8(),
+            max_record_bytes: c.limits.max_record_bytes,
+            default_ttl_secs: c.limits.default_ttl_secs,
+            max_ttl_secs: c.limits.max_ttl_secs,
+            pull_limit: c.limits.pull_limit,
+            max_skew_secs: c.limits.max_skew_secs,
+            max_account_bytes: c.accounts.max_bytes,
+            max_records_per_day: c.accounts.max_records_per_day,
+            storage_msat_per_gib_day: c.prices.storage_msat_per_gib_day,
+            bandwidth_msat_per_gib: c.prices.bandwidth_msat_per_gib,
+            account_msat_per_month: c.prices.account_msat_per_month,
+        }
+    }
+
+    /// The relay's signed info document.
+    pub fn info_document(&self, now: u64) -> RelayDocument {
+        self.info().sign_with_aux(&self.key, now, &random_aux())
+    }
+}
+
+/// 32 bytes of OS randomness for BIP-340 auxiliary input.
+pub fn random_aux() -> [u8; 32] {
+    use rand_core::RngCore;
+    let mut aux = [0u8; 32];
+    rand_core::OsRng.fill_bytes(&mut aux);
+    aux
+}

@@ -1,0 +1,430 @@
+//! The HTTP adapter: axum routes under `/v1` following the seed's file-system paths, JSON
+//! bodies in the protocol's JSON form, and `{"error", "code"}` answers for everything that is
+//! refused. Handlers parse, call the engine (store access on the blocking pool), and format.
+
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use metrics_exporter_prometheus::PrometheusHandle;
+use pigeonhole_proto::keys::PublicKey;
+use pigeonhole_proto::payload::validate_record_id;
+use pigeonhole_proto::request::{Request as ProtoRequest, SignedMessage};
+use pigeonhole_store::{RecordMeta, StoredRecord};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::commit::Committer;
+use crate::engine::{Engine, RequestPath};
+use crate::error::{ErrorCode, RelayError};
+use crate::notify::Notifier;
+
+/// Everything a handler needs.
+pub struct AppState {
+    /// The decision engine.
+    pub engine: Arc<Engine>,
+    /// The group-commit writer.
+    pub committer: Committer,
+    /// Listener wake-ups.
+    pub notifier: Arc<Notifier>,
+    /// Requests per IP.
+    pub ip_limiter: DefaultKeyedRateLimiter<IpAddr>,
+    /// Registrations per IP.
+    pub registration_limiter: DefaultKeyedRateLimiter<IpAddr>,
+    /// The Prometheus exporter, when metrics are installed.
+    pub metrics: Option<PrometheusHandle>,
+}
+
+impl AppState {
+    /// Builds the state with rate limiters from the engine's configuration.
+    pub fn new(
+        engine: Arc<Engine>,
+        committer: Committer,
+        notifier: Arc<Notifier>,
+        metrics: Option<PrometheusHandle>,
+    ) -> Self {
+        let limits = &engine.config().limits;
+        let per_sec = NonZeroU32::new(limits.requests_per_sec_per_ip).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(limits.burst_per_ip).unwrap_or(NonZeroU32::MIN);
+        let per_hour = NonZeroU32::new(limits.registrations_per_hour_per_ip).unwrap_or(NonZeroU32::MIN);
+        Self {
+            ip_limiter: RateLimiter::keyed(Quota::per_second(per_sec).allow_burst(burst)),
+            registration_limiter: RateLimiter::keyed(Quota::per_hour(per_hour)),
+            engine,
+            committer,
+            notifier,
+            metrics,
+        }
+    }
+}
+
+type Shared = Arc<AppState>;
+
+/// An error as an HTTP response.
+pub struct ApiError(pub RelayError);
+
+impl From<RelayError> for ApiError {
+    fn from(error: RelayError) -> Self {
+        Self(error)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        metrics::counter!("pigeonhole_rejections_total", "reason" => self.0.code.as_str()).increment(1);
+        let body = json!({"error": self.0.message, "code": self.0.code.as_str()});
+        (status, axum::Json(body)).into_response()
+    }
+}
+
+fn error(code: ErrorCode, message: impl Into<String>) -> ApiError {
+    ApiError(RelayError::new(code, message))
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+/// Builds the router.
+pub fn router(state: Shared) -> Router {
+    let max_connections = state.engine.config().limits.max_connections;
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_page))
+        .route("/v1/info", get(info))
+        .route("/v1/accounts", post(register))
+        .route("/v1/usage", post(usage))
+        .route("/v1/{owner}/outbox/{receiver}", post(outbox))
+        .route("/v1/{owner}/outbox/{receiver}/{record_id}", post(record_post).put(record_put))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(tower::limit::ConcurrencyLimitLayer::new(max_connections))
+        .with_state(state)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Rate limiting per IP, request metrics, and one log line per request.
+async fn observe(State(state): State<Shared>, request: Request, next: Next) -> Response {
+    let ip = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::from([127, 0, 0, 1]), |info| info.0.ip());
+    let endpoint = endpoint_label(request.uri().path());
+    if let Err(not_until) = state.ip_limiter.check_key(&ip) {
+        let wait =
+            not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+        let mut response =
+            error(ErrorCode::RateLimited, "too many requests from this address; slow down").into_response();
+        let secs = wait.as_secs().max(1).to_string();
+        if let Ok(value) = HeaderValue::from_str(&secs) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        return response;
+    }
+    let method = request.method().clone();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("pigeonhole_requests_total", "endpoint" => endpoint, "status" => status).increment(1);
+    metrics::histogram!("pigeonhole_request_seconds", "endpoint" => endpoint).record(elapsed.as_secs_f64());
+    tracing::debug!(%method, endpoint, status = response.status().as_u16(), elapsed_us = elapsed.as_micros() as u64, "request");
+    response
+}
+
+/// A bounded set of labels for metrics: never a raw path (which would name keys and ids).
+fn endpoint_label(path: &str) -> &'static str {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["health"] => "health",
+        ["metrics"] => "metrics",
+        ["v1", "info"] => "info",
+        ["v1", "accounts"] => "register",
+        ["v1", "usage"] => "usage",
+        ["v1", _, "outbox", _] => "outbox",
+        ["v1", _, "outbox", _, _] => "record",
+        _ => "other",
+    }
+}
+
+async fn not_found() -> ApiError {
+    error(ErrorCode::NotFound, "no such endpoint; see GET /v1/info and spec/PROTOCOL.md")
+}
+
+async fn method_not_allowed() -> Response {
+    let mut response =
+        error(ErrorCode::BadRequest, "this method is not allowed on this path").into_response();
+    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    response
+}
+
+async fn health(State(state): State<Shared>) -> Response {
+    axum::Json(json!({"status": "ok", "relay": state.engine.public_key().to_hex()})).into_response()
+}
+
+async fn metrics_page(State(state): State<Shared>) -> Response {
+    match &state.metrics {
+        Some(handle) => {
+            ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
+        }
+        None => error(ErrorCode::NotFound, "metrics are not enabled on this relay").into_response(),
+    }
+}
+
+async fn info(State(state): State<Shared>) -> Response {
+    let document = state.engine.info_document(now_ms());
+    let info = state.engine.info();
+    axum::Json(json!({
+        "relay": state.engine.public_key().to_hex(),
+        "timestamp": document.timestamp,
+        "info": info,
+        "document": BASE64.encode(document.to_bytes()),
+    }))
+    .into_response()
+}
+
+/// Reads the body as UTF-8 within the size limit and the slow-client timeout.
+async fn read_body(state: &AppState, body: Body) -> Result<String, ApiError> {
+    let limits = &state.engine.config().limits;
+    let timeout = Duration::from_secs(u64::from(limits.request_timeout_secs));
+    let bytes = match tokio::time::timeout(timeout, axum::body::to_bytes(body, limits.max_body_bytes)).await {
+        Err(_) => return Err(error(ErrorCode::BadRequest, "the request body took too long to arrive")),
+        Ok(Err(_)) => {
+            return Err(error(
+                ErrorCode::TooLarge,
+                format!(
+                    "the request body is larger than this relay's limit of {} bytes",
+                    limits.max_body_bytes
+                ),
+            ));
+        }
+        Ok(Ok(bytes)) => bytes,
+    };
+    String::from_utf8(bytes.to_vec())
+        .map_err(|_| error(ErrorCode::BadRequest, "the request body is not UTF-8 JSON"))
+}
+
+/// Parses, verifies and admits a signed request.
+async fn admitted(state: &AppState, body: Body) -> Result<SignedMessage, ApiError> {
+    let text = read_body(state, body).await?;
+    let signed = state.engine.parse(&text)?;
+    state.engine.admit(signed.message(), now_ms())?;
+    Ok(signed)
+}
+
+fn parse_key(segment: &str, name: &str) -> Result<PublicKey, ApiError> {
+    PublicKey::from_hex(segment).map_err(|_| {
+        error(ErrorCode::BadRequest, format!("path segment `{name}` is not a 64-hex-character public key"))
+    })
+}
+
+fn outbox_path(path: Result<Path<(String, String)>, PathRejection>) -> Result<RequestPath, ApiError> {
+    let Path((owner, receiver)) = path.map_err(|e| error(ErrorCode::BadRequest, e.body_text()))?;
+    Ok(RequestPath {
+        owner: parse_key(&owner, "owner")?,
+        receiver: parse_key(&receiver, "receiver")?,
+        record_id: None,
+    })
+}
+
+fn record_path(path: Result<Path<(String, String, String)>, PathRejection>) -> Result<RequestPath, ApiError> {
+    let Path((owner, receiver, record_id)) = path.map_err(|e| error(ErrorCode::BadRequest, e.body_text()))?;
+    validate_record_id(&record_id)
+        .map_err(|e| error(ErrorCode::BadRequest, format!("path segment `recordId`: {e}")))?;
+    Ok(RequestPath {
+        owner: parse_key(&owner, "owner")?,
+        receiver: parse_key(&receiver, "receiver")?,
+        record_id: Some(record_id),
+    })
+}
+
+/// Runs store work on the blocking pool (fjall reads and fsyncs block).
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, RelayError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError(RelayError::internal("blocking task failed", &e)))?
+        .map_err(ApiError)
+}
+
+fn meta_json(meta: &RecordMeta) -> Value {
+    json!({
+        "recordId": meta.record_id,
+        "seq": meta.seq,
+        "storedAt": meta.stored_at,
+        "expiresAt": meta.expires_at,
+        "size": meta.size,
+        "pulls": meta.pulls,
+        "maxPulls": meta.max_pulls,
+        "tag": meta.tag.map(|t| t.to_hex()),
+    })
+}
+
+fn record_json(record: &StoredRecord) -> Result<Value, ApiError> {
+    let signed = SignedMessage::from_trusted_bytes(&record.bytes)
+        .map_err(|e| ApiError(RelayError::internal("a stored record does not decode", &e)))?;
+    let msg: Value = serde_json::from_str(&signed.to_json())
+        .map_err(|e| ApiError(RelayError::internal("record JSON", &e)))?;
+    let mut out = meta_json(&record.meta);
+    out["record"] = msg;
+    Ok(out)
+}
+
+async fn record_put(
+    State(state): State<Shared>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    body: Body,
+) -> ApiResult {
+    let path = record_path(path)?;
+    let signed = admitted(&state, body).await?;
+    let engine = state.engine.clone();
+    let now = now_ms();
+    let record = blocking(move || engine.prepare_write(&signed, &path, now)).await?;
+    let outcome = state.committer.submit(record).await?;
+    let receipt: Value = serde_json::from_str(&outcome.receipt.to_json())
+        .map_err(|e| ApiError(RelayError::internal("receipt JSON", &e)))?;
+    let status = if outcome.duplicate { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, axum::Json(json!({"seq": outcome.seq, "duplicate": outcome.duplicate, "receipt": receipt})))
+        .into_response())
+}
+
+async fn record_post(
+    State(state): State<Shared>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    body: Body,
+) -> ApiResult {
+    let path = record_path(path)?;
+    let signed = admitted(&state, body).await?;
+    let engine = state.engine.clone();
+    let now = now_ms();
+    let result = blocking(move || engine.record_op(signed.message(), &path, now)).await?;
+    match result {
+        Some(read) => {
+            let mut body = record_json(&read.record)?;
+            body["exhausted"] = json!(read.exhausted);
+            Ok(axum::Json(body).into_response())
+        }
+        None => Ok(axum::Json(json!({"deleted": true})).into_response()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WaitQuery {
+    /// Seconds to wait for a first record (long-poll `listen`).
+    wait: Option<u32>,
+}
+
+async fn outbox(
+    State(state): State<Shared>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
+    body: Body,
+) -> ApiResult {
+    let path = outbox_path(path)?;
+    let Query(query) = query.map_err(|e| error(ErrorCode::BadRequest, e.body_text()))?;
+    let signed = admitted(&state, body).await?;
+    match signed.message().request {
+        ProtoRequest::Inventory(_) => {
+            let engine = state.engine.clone();
+            let now = now_ms();
+            let records = blocking(move || engine.inventory(signed.message(), &path, now)).await?;
+            let last = records.last().map_or(0, |m| m.seq);
+            let list: Vec<Value> = records.iter().map(meta_json).collect();
+            Ok(axum::Json(json!({"records": list, "lastSeq": last})).into_response())
+        }
+        ProtoRequest::Listen(_) => long_poll(state, signed, path, query.wait.unwrap_or(0)).await,
+        _ => Err(error(ErrorCode::WrongRequestType, "POST to an outbox path takes `inventory` or `listen`")),
+    }
+}
+
+/// `listen` as a long poll: returns records after the cursor at once if there are any, or
+/// waits up to `wait` seconds for the first commit to this outbox.
+async fn long_poll(state: Shared, signed: SignedMessage, path: RequestPath, wait: u32) -> ApiResult {
+    let max_wait = state.engine.config().limits.max_wait_secs;
+    if wait > max_wait {
+        return Err(error(
+            ErrorCode::BadRequest,
+            format!("`wait` is at most {max_wait} seconds on this relay"),
+        ));
+    }
+    let engine = state.engine.clone();
+    let now = now_ms();
+    let (owner, receiver, cursor) =
+        blocking(move || engine.listen_start(signed.message(), &path, now)).await?;
+    let subscription = state.notifier.subscribe(owner, receiver);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(u64::from(wait));
+    loop {
+        let notified = subscription.notify().notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let engine = state.engine.clone();
+        let records = blocking(move || engine.fetch_after(&owner, &receiver, cursor, now_ms())).await?;
+        if !records.is_empty() || tokio::time::Instant::now() >= deadline {
+            let next = records.last().map_or(cursor, |r| r.meta.seq);
+            let list = records.iter().map(record_json).collect::<Result<Vec<_>, _>>()?;
+            return Ok(axum::Json(json!({"records": list, "cursor": next})).into_response());
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return Ok(axum::Json(json!({"records": [], "cursor": cursor})).into_response());
+        }
+    }
+}
+
+async fn register(
+    State(state): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Body,
+) -> ApiResult {
+    let signed = admitted(&state, body).await?;
+    let engine = state.engine.clone();
+    let existing = {
+        let engine = engine.clone();
+        let key = signed.message().from;
+        blocking(move || Ok(engine.store().account(&key)?)).await?
+    };
+    if existing.is_none() && state.registration_limiter.check_key(&peer.ip()).is_err() {
+        return Err(error(
+            ErrorCode::RateLimited,
+            "too many registrations from this address; try again later",
+        ));
+    }
+    let now = now_ms();
+    let account = blocking(move || engine.register(signed.message(), now)).await?;
+    let status = if existing.is_some() { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((
+        status,
+        axum::Json(json!({"account": {
+            "key": account.key.to_hex(),
+            "status": match account.status { pigeonhole_store::AccountStatus::Active => "active", pigeonhole_store::AccountStatus::Suspended => "suspended" },
+            "createdAt": account.created_at,
+        }})),
+    )
+        .into_response())
+}
+
+async fn usage(State(state): State<Shared>, body: Body) -> ApiResult {
+    let signed = admitted(&state, body).await?;
+    let engine = state.engine.clone();
+    let now = now_ms();
+    let document = blocking(move || engine.usage(signed.message(), now)).await?;
+    let report = pigeonhole_proto::receipt::UsageReport::from_body(&document.body)
+        .map_err(|e| ApiError(RelayError::internal("usage report", &e)))?;
+    Ok(axum::Json(json!({"report": report, "document": BASE64.encode(document.to_bytes())})).into_response())
+}

@@ -1,0 +1,191 @@
+//! Wiring: opens the data directory (store and relay key), starts the commit thread, the
+//! expiry sweeper and the HTTP server, and shuts them down in order when asked: stop
+//! accepting, finish in-flight requests, commit every queued write, close the store.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use pigeonhole_proto::keys::{PublicKey, SecretKey};
+use pigeonhole_store::{Account, AccountStatus, FjallStore, Store, StoreError};
+
+use crate::commit::Committer;
+use crate::config::RelayConfig;
+use crate::engine::Engine;
+use crate::http::{AppState, router};
+use crate::notify::Notifier;
+
+/// Name of the relay's secret key file inside the data directory.
+pub const KEY_FILE: &str = "relay.key";
+/// Name of the store directory inside the data directory.
+pub const STORE_DIR: &str = "store";
+
+/// Why the relay could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The data directory or key file could not be used.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The relay key file is damaged.
+    #[error("relay key file {0} is not a valid key (64 hex characters); restore it from backup")]
+    BadKey(PathBuf),
+    /// The store could not be opened.
+    #[error("cannot open the store in {path}: {source}")]
+    Store {
+        /// The store directory.
+        path: PathBuf,
+        /// The cause.
+        source: StoreError,
+    },
+}
+
+fn io_error(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {
+    let context = context.into();
+    move |source| ServerError::Io { context, source }
+}
+
+/// Loads the relay's key from `data/relay.key`, creating it (mode 0600) on first start.
+pub fn load_or_create_key(data: &Path) -> Result<SecretKey, ServerError> {
+    std::fs::create_dir_all(data)
+        .map_err(io_error(format!("cannot create data directory {}", data.display())))?;
+    let path = data.join(KEY_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => SecretKey::parse(text.trim()).map_err(|_| ServerError::BadKey(path)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = SecretKey::generate(&mut rand_core::OsRng);
+            let hex = zeroize::Zeroizing::new(hex::encode(*key.to_bytes()));
+            write_private(&path, hex.as_bytes())
+                .map_err(io_error(format!("cannot write {}", path.display())))?;
+            tracing::info!(relay = %key.public_key(), "created a new relay key");
+            Ok(key)
+        }
+        Err(e) => Err(io_error(format!("cannot read {}", path.display()))(e)),
+    }
+}
+
+fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}
+
+/// Opens the store in `data/store`.
+pub fn open_store(data: &Path) -> Result<FjallStore, ServerError> {
+    let path = data.join(STORE_DIR);
+    FjallStore::open(&path).map_err(|source| ServerError::Store { path, source })
+}
+
+/// Adds (or re-activates) an account, for the operator's `account add` command. The relay
+/// must not be running on the same data directory.
+pub fn add_account(data: &Path, key: PublicKey, now: u64) -> Result<Account, ServerError> {
+    let store = open_store(data)?;
+    let path = data.join(STORE_DIR);
+    let mut account = store
+        .account(&key)
+        .map_err(|source| ServerError::Store { path: path.clone(), source })?
+        .unwrap_or(Account {
+            key,
+            status: AccountStatus::Active,
+            created_at: now,
+            max_bytes: 0,
+            max_records_per_day: 0,
+        });
+    account.status = AccountStatus::Active;
+    store.put_account(&account).map_err(|source| ServerError::Store { path, source })?;
+    Ok(account)
+}
+
+/// The process-wide Prometheus recorder (metrics macros record into one global recorder).
+fn metrics_handle() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE.get_or_init(|| PrometheusBuilder::new().install_recorder().ok()).clone()
+}
+
+/// A task aborted when its handle is dropped.
+struct TaskGuard(tokio::task::JoinHandle<()>);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Deletes expired records every few seconds and refreshes the storage gauges.
+fn spawn_sweeper(store: Arc<dyn Store>) -> TaskGuard {
+    TaskGuard(tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            ticker.tick().await;
+            let store = store.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                let expired = store.expire(now_ms(), 10_000)?;
+                let totals = store.totals()?;
+                Ok::<_, StoreError>((expired, totals))
+            })
+            .await;
+            match result {
+                Ok(Ok((expired, totals))) => {
+                    metrics::counter!("pigeonhole_expired_records_total").increment(expired as u64);
+                    metrics::gauge!("pigeonhole_stored_records").set(totals.records as f64);
+                    metrics::gauge!("pigeonhole_stored_bytes").set(totals.bytes as f64);
+                }
+                Ok(Err(error)) => tracing::warn!(%error, "expiry sweep failed"),
+                Err(error) => tracing::warn!(%error, "expiry sweep task failed"),
+            }
+        }
+    }))
+}
+
+/// Runs a relay until `shutdown` resolves. `on_listening` is called with the bound address
+/// before the first request is served.
+pub async fn serve(
+    config: RelayConfig,
+    on_listening: impl FnOnce(SocketAddr),
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let data = config.data.clone();
+    let key = load_or_create_key(&data)?;
+    let store: Arc<dyn Store> = Arc::new(tokio::task::block_in_place(|| open_store(&data))?);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(io_error(format!("cannot listen on {}", config.listen)))?;
+    let addr = listener.local_addr().map_err(io_error("cannot read the bound address"))?;
+    let engine = Arc::new(Engine::new(store.clone(), key, config));
+    let notifier = Arc::new(Notifier::default());
+    let committer = Committer::start(engine.clone(), notifier.clone());
+    let state = Arc::new(AppState::new(engine.clone(), committer, notifier, metrics_handle()));
+    let app = router(state.clone());
+    let sweeper = spawn_sweeper(store.clone());
+    tracing::info!(%addr, relay = %engine.public_key(), data = %data.display(), last_seq = store.last_seq(), "relay started");
+    on_listening(addr);
+
+    let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await;
+    drop(sweeper);
+    // In-flight requests are done; dropping the last state reference stops the commit
+    // thread after it has committed everything queued.
+    drop(state);
+    tracing::info!("relay stopped");
+    served.map_err(io_error("the HTTP server failed"))
+}

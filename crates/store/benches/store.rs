@@ -1,0 +1,3 @@
+//! Benchmarks of the embedded store (written below).
+
+fn main() {}

@@ -1,0 +1,396 @@
+//! Byte layouts of the embedded backend: index keys and stored values, encoded with the
+//! protocol's canonical [`Writer`]/[`Reader`] so that every value has exactly one encoding and
+//! every decoding failure is a typed error (reported as [`StoreError::Corrupted`], never a
+//! panic).
+//!
+//! Keys put the ordering fields first and big-endian, so that a prefix or range scan of a
+//! keyspace returns entries in the order the [`Store`](crate::Store) methods promise.
+
+use pigeonhole_proto::keys::PublicKey;
+use pigeonhole_proto::payload::{MAX_RECORD_ID_LEN, validate_record_id};
+use pigeonhole_proto::tag::{TAG_LEN, Tag};
+use pigeonhole_proto::wire::{DecodeError, Reader, Writer};
+
+use crate::{Account, AccountStatus, NewRecord, RecordMeta, StoreError, Usage};
+
+/// Length of a public key in keys and values.
+pub(crate) const KEY_LEN: usize = 32;
+
+/// Checks what the store needs of a record before anything is written: the record id follows
+/// the protocol rules (so it is one short path segment and fits every key), and the bytes fit
+/// the `u32` size field. Both are the relay's job; a violation is a caller bug, reported as an
+/// error rather than stored.
+pub(crate) fn check_new_record(record: &NewRecord) -> Result<(), StoreError> {
+    if let Err(e) = validate_record_id(&record.record_id) {
+        return Err(StoreError::Io(format!(
+            "invalid input (caller bug): record id {:?} breaks the protocol rules: {e}",
+            record.record_id
+        )));
+    }
+    if u32::try_from(record.bytes.len()).is_err() {
+        return Err(StoreError::Io(format!(
+            "invalid input (caller bug): record {:?} has {} bytes, more than a u32 counts",
+            record.record_id,
+            record.bytes.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The `Corrupted` error for a value of `keyspace` that did not decode.
+pub(crate) fn corrupted(keyspace: &str, what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupted(format!("keyspace `{keyspace}`: {what}"))
+}
+
+fn decode_err(keyspace: &'static str) -> impl Fn(DecodeError) -> StoreError {
+    move |e| corrupted(keyspace, format_args!("undecodable value: {e}"))
+}
+
+fn read_key(r: &mut Reader<'_>, field: &'static str) -> Result<PublicKey, DecodeError> {
+    let bytes = r.array::<KEY_LEN>(field)?;
+    PublicKey::from_bytes(&bytes).map_err(|_| DecodeError::InvalidPublicKey { field })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keys
+
+/// `seq` as a key: 8 bytes big-endian (append-ordered).
+pub(crate) fn seq_key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+/// Decodes an 8-byte big-endian integer (a key suffix or a value).
+pub(crate) fn be_u64(bytes: &[u8], keyspace: &'static str) -> Result<u64, StoreError> {
+    let array: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| corrupted(keyspace, format_args!("expected 8 bytes, found {}", bytes.len())))?;
+    Ok(u64::from_be_bytes(array))
+}
+
+/// The last 8 bytes of an index key, as the sequence number it points to.
+pub(crate) fn seq_suffix(key: &[u8], keyspace: &'static str) -> Result<u64, StoreError> {
+    let start = key
+        .len()
+        .checked_sub(8)
+        .ok_or_else(|| corrupted(keyspace, format_args!("key of {} bytes is too short", key.len())))?;
+    be_u64(&key[start..], keyspace)
+}
+
+/// `paths`: owner ‖ receiver ‖ record id.
+pub(crate) fn path_key(owner: &PublicKey, receiver: &PublicKey, record_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(2 * KEY_LEN + record_id.len());
+    key.extend_from_slice(&owner.to_bytes());
+    key.extend_from_slice(&receiver.to_bytes());
+    key.extend_from_slice(record_id.as_bytes());
+    key
+}
+
+/// `outbox` prefix: owner ‖ receiver.
+pub(crate) fn outbox_prefix(owner: &PublicKey, receiver: &PublicKey) -> [u8; 2 * KEY_LEN] {
+    let mut key = [0u8; 2 * KEY_LEN];
+    key[..KEY_LEN].copy_from_slice(&owner.to_bytes());
+    key[KEY_LEN..].copy_from_slice(&receiver.to_bytes());
+    key
+}
+
+/// `outbox`: owner ‖ receiver ‖ seq.
+pub(crate) fn outbox_key(owner: &PublicKey, receiver: &PublicKey, seq: u64) -> [u8; 2 * KEY_LEN + 8] {
+    let mut key = [0u8; 2 * KEY_LEN + 8];
+    key[..2 * KEY_LEN].copy_from_slice(&outbox_prefix(owner, receiver));
+    key[2 * KEY_LEN..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// `receiver`: receiver ‖ seq.
+pub(crate) fn receiver_key(receiver: &PublicKey, seq: u64) -> [u8; KEY_LEN + 8] {
+    let mut key = [0u8; KEY_LEN + 8];
+    key[..KEY_LEN].copy_from_slice(&receiver.to_bytes());
+    key[KEY_LEN..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// `expiry`: expires_at ‖ seq.
+pub(crate) fn expiry_key(expires_at: u64, seq: u64) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&expires_at.to_be_bytes());
+    key[8..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// `tags`: tag ‖ seq.
+pub(crate) fn tag_key(tag: &Tag, seq: u64) -> [u8; TAG_LEN + 8] {
+    let mut key = [0u8; TAG_LEN + 8];
+    key[..TAG_LEN].copy_from_slice(&tag.0);
+    key[TAG_LEN..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// `usage`: owner ‖ read_at ‖ unique counter.
+pub(crate) fn usage_key(owner: &PublicKey, read_at: u64, counter: u64) -> [u8; KEY_LEN + 16] {
+    let mut key = [0u8; KEY_LEN + 16];
+    key[..KEY_LEN].copy_from_slice(&owner.to_bytes());
+    key[KEY_LEN..KEY_LEN + 8].copy_from_slice(&read_at.to_be_bytes());
+    key[KEY_LEN + 8..].copy_from_slice(&counter.to_be_bytes());
+    key
+}
+
+/// Splits a `usage` key into its read time (the owner is known from the scan's prefix).
+pub(crate) fn usage_key_read_at(key: &[u8]) -> Result<u64, StoreError> {
+    if key.len() != KEY_LEN + 16 {
+        return Err(corrupted(
+            "usage",
+            format_args!("key of {} bytes; expected {}", key.len(), KEY_LEN + 16),
+        ));
+    }
+    be_u64(&key[KEY_LEN..KEY_LEN + 8], "usage")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Values
+
+/// A stored record's metadata without its read count (kept in `pulls`), plus the size of its
+/// bytes, decoded from a `records` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoredMeta {
+    pub(crate) owner: PublicKey,
+    pub(crate) receiver: PublicKey,
+    pub(crate) record_id: String,
+    pub(crate) tag: Option<Tag>,
+    pub(crate) stored_at: u64,
+    pub(crate) expires_at: u64,
+    pub(crate) max_pulls: u32,
+    pub(crate) record_hash: [u8; 32],
+    pub(crate) size: u32,
+}
+
+impl StoredMeta {
+    /// The public metadata, with the read count and sequence number added.
+    pub(crate) fn into_meta(self, seq: u64, pulls: u32) -> RecordMeta {
+        RecordMeta {
+            seq,
+            owner: self.owner,
+            receiver: self.receiver,
+            record_id: self.record_id,
+            tag: self.tag,
+            stored_at: self.stored_at,
+            expires_at: self.expires_at,
+            max_pulls: self.max_pulls,
+            pulls,
+            size: self.size,
+            record_hash: self.record_hash,
+        }
+    }
+}
+
+/// `records` value:
+/// `[32] owner ‖ [32] receiver ‖ var8(record id) ‖ flag [20] tag ‖ u64 stored_at ‖
+/// u64 expires_at ‖ u32 max_pulls ‖ [32] record_hash ‖ var32(bytes)`.
+pub(crate) fn encode_record(record: &NewRecord) -> Vec<u8> {
+    let mut w = Writer::with_capacity(2 * KEY_LEN + 1 + record.record_id.len() + 85 + 4 + record.bytes.len());
+    w.raw(&record.owner.to_bytes())
+        .raw(&record.receiver.to_bytes())
+        .var8(record.record_id.as_bytes())
+        .flag(record.tag.is_some());
+    if let Some(tag) = &record.tag {
+        w.raw(&tag.0);
+    }
+    w.u64(record.stored_at)
+        .u64(record.expires_at)
+        .u32(record.max_pulls)
+        .raw(&record.record_hash)
+        .var32(&record.bytes);
+    w.finish()
+}
+
+/// Decodes a `records` value; returns the metadata and the bytes (borrowed from `value`).
+pub(crate) fn decode_record(value: &[u8]) -> Result<(StoredMeta, &[u8]), StoreError> {
+    let decode = |value| -> Result<(StoredMeta, &[u8]), DecodeError> {
+        let mut r = Reader::new(value);
+        let owner = read_key(&mut r, "owner")?;
+        let receiver = read_key(&mut r, "receiver")?;
+        let record_id = r.str8(MAX_RECORD_ID_LEN, "record id")?;
+        validate_record_id(record_id).map_err(|_| DecodeError::InvalidValue {
+            field: "record id",
+            reason: "breaks the record id rules",
+        })?;
+        let tag = if r.flag("tag")? { Some(Tag(r.array::<TAG_LEN>("tag")?)) } else { None };
+        let stored_at = r.u64("stored_at")?;
+        let expires_at = r.u64("expires_at")?;
+        let max_pulls = r.u32("max_pulls")?;
+        let record_hash = r.array::<32>("record_hash")?;
+        let bytes = r.var32(u32::MAX as usize, "bytes")?;
+        r.finish()?;
+        let size = u32::try_from(bytes.len()).map_err(|_| DecodeError::TooLong {
+            field: "bytes",
+            len: bytes.len(),
+            max: u32::MAX as usize,
+        })?;
+        let meta = StoredMeta {
+            owner,
+            receiver,
+            record_id: record_id.to_owned(),
+            tag,
+            stored_at,
+            expires_at,
+            max_pulls,
+            record_hash,
+            size,
+        };
+        Ok((meta, bytes))
+    };
+    decode(value).map_err(decode_err("records"))
+}
+
+/// `pulls` value: u32 reads so far.
+pub(crate) fn decode_pulls(value: &[u8]) -> Result<u32, StoreError> {
+    let mut r = Reader::new(value);
+    let pulls = r.u32("pulls").map_err(decode_err("pulls"))?;
+    r.finish().map_err(decode_err("pulls"))?;
+    Ok(pulls)
+}
+
+/// `usage` value: `[32] receiver ‖ u32 bytes ‖ var8(record id)`.
+pub(crate) fn encode_usage(receiver: &PublicKey, bytes: u32, record_id: &str) -> Vec<u8> {
+    let mut w = Writer::with_capacity(KEY_LEN + 4 + 1 + record_id.len());
+    w.raw(&receiver.to_bytes()).u32(bytes).var8(record_id.as_bytes());
+    w.finish()
+}
+
+/// Decodes a `usage` value into (receiver, bytes, record id).
+pub(crate) fn decode_usage(value: &[u8]) -> Result<(PublicKey, u32, String), StoreError> {
+    let decode = |value| -> Result<(PublicKey, u32, String), DecodeError> {
+        let mut r = Reader::new(value);
+        let receiver = read_key(&mut r, "receiver")?;
+        let bytes = r.u32("bytes")?;
+        let record_id = r.str8(MAX_RECORD_ID_LEN, "record id")?.to_owned();
+        r.finish()?;
+        Ok((receiver, bytes, record_id))
+    };
+    decode(value).map_err(decode_err("usage"))
+}
+
+/// `accounts` value: `u8 status (0 active, 1 suspended) ‖ u64 created_at ‖ u64 max_bytes ‖
+/// u32 max_records_per_day` (the key is the account's public key).
+pub(crate) fn encode_account(account: &Account) -> Vec<u8> {
+    let mut w = Writer::with_capacity(21);
+    let status = match account.status {
+        AccountStatus::Active => 0,
+        AccountStatus::Suspended => 1,
+    };
+    w.u8(status).u64(account.created_at).u64(account.max_bytes).u32(account.max_records_per_day);
+    w.finish()
+}
+
+/// Decodes an `accounts` value for `key`.
+pub(crate) fn decode_account(key: PublicKey, value: &[u8]) -> Result<Account, StoreError> {
+    let decode = |value| -> Result<Account, DecodeError> {
+        let mut r = Reader::new(value);
+        let status = match r.u8("status")? {
+            0 => AccountStatus::Active,
+            1 => AccountStatus::Suspended,
+            other => return Err(DecodeError::UnknownType { field: "status", value: other.into() }),
+        };
+        let created_at = r.u64("created_at")?;
+        let max_bytes = r.u64("max_bytes")?;
+        let max_records_per_day = r.u32("max_records_per_day")?;
+        r.finish()?;
+        Ok(Account { key, status, created_at, max_bytes, max_records_per_day })
+    };
+    decode(value).map_err(decode_err("accounts"))
+}
+
+/// `owners` value and the `totals` value of `meta`: `u64 records ‖ u64 bytes`.
+pub(crate) fn encode_usage_counters(usage: Usage) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&usage.records.to_be_bytes());
+    out[8..].copy_from_slice(&usage.bytes.to_be_bytes());
+    out
+}
+
+/// Decodes an `owners` or `totals` value.
+pub(crate) fn decode_usage_counters(value: &[u8], keyspace: &'static str) -> Result<Usage, StoreError> {
+    let mut r = Reader::new(value);
+    let mut decode = || -> Result<Usage, DecodeError> {
+        let records = r.u64("records")?;
+        let bytes = r.u64("bytes")?;
+        Ok(Usage { records, bytes })
+    };
+    let usage = decode().map_err(decode_err(keyspace))?;
+    r.finish().map_err(decode_err(keyspace))?;
+    Ok(usage)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pigeonhole_proto::keys::SecretKey;
+
+    fn key(n: u8) -> PublicKey {
+        SecretKey::from_bytes(&[n; 32]).expect("valid secret").public_key()
+    }
+
+    fn record() -> NewRecord {
+        NewRecord {
+            owner: key(1),
+            receiver: key(2),
+            record_id: "r-1".into(),
+            tag: Some(Tag([7; TAG_LEN])),
+            stored_at: 10,
+            expires_at: 20,
+            max_pulls: 3,
+            record_hash: [9; 32],
+            bytes: b"hello".to_vec(),
+        }
+    }
+
+    #[test]
+    fn record_round_trip_and_rejections() {
+        let r = record();
+        let encoded = encode_record(&r);
+        let (meta, bytes) = decode_record(&encoded).expect("decodes");
+        assert_eq!(bytes, b"hello");
+        assert_eq!(meta.owner, r.owner);
+        assert_eq!(meta.tag, r.tag);
+        assert_eq!(meta.size, 5);
+        // Every truncation and a trailing byte are typed errors naming the keyspace.
+        for len in 0..encoded.len() {
+            match decode_record(&encoded[..len]) {
+                Err(StoreError::Corrupted(msg)) => assert!(msg.contains("records"), "{msg}"),
+                other => panic!("truncated to {len}: {other:?}"),
+            }
+        }
+        let mut long = encoded.clone();
+        long.push(0);
+        assert!(matches!(decode_record(&long), Err(StoreError::Corrupted(_))));
+        // A bad flag.
+        let mut bad = encoded;
+        bad[2 * KEY_LEN + 1 + 3] = 7;
+        assert!(matches!(decode_record(&bad), Err(StoreError::Corrupted(_))));
+    }
+
+    #[test]
+    fn account_and_usage_round_trip() {
+        let account = Account {
+            key: key(3),
+            status: AccountStatus::Suspended,
+            created_at: 5,
+            max_bytes: 6,
+            max_records_per_day: 7,
+        };
+        assert_eq!(decode_account(key(3), &encode_account(&account)).expect("decodes"), account);
+        assert!(decode_account(key(3), &[2; 21]).is_err());
+        let usage = encode_usage(&key(4), 12, "id");
+        assert_eq!(decode_usage(&usage).expect("decodes"), (key(4), 12, "id".to_owned()));
+        let counters = Usage { records: 3, bytes: 99 };
+        assert_eq!(decode_usage_counters(&encode_usage_counters(counters), "owners").expect("ok"), counters);
+        assert!(decode_usage_counters(&[0; 15], "owners").is_err());
+    }
+
+    #[test]
+    fn keys_sort_in_store_order() {
+        assert!(expiry_key(1, 9) < expiry_key(2, 0));
+        assert!(outbox_key(&key(1), &key(2), 255) < outbox_key(&key(1), &key(2), 256));
+        assert_eq!(seq_suffix(&receiver_key(&key(1), 77), "receiver").expect("ok"), 77);
+        assert_eq!(usage_key_read_at(&usage_key(&key(1), 42, 1)).expect("ok"), 42);
+    }
+}

@@ -1,0 +1,899 @@
+//! The behaviour every [`Store`] backend must have, as a suite of cases run against a fresh
+//! store each.
+//!
+//! ```ignore
+//! #[test]
+//! fn conformance() {
+//!     pigeonhole_store::conformance::run_all(MyStore::new);
+//! }
+//! ```
+//!
+//! Besides what the trait documents, the suite pins down these choices:
+//! - `put_batch` on an empty slice returns an empty vector and assigns nothing;
+//! - a record whose id breaks the protocol rules fails the whole batch with an error and
+//!   nothing of the batch is stored;
+//! - within one batch, the first write at a path wins: later writes at the same path are
+//!   `Duplicate` of it (same hash) or `Conflict`;
+//! - a record stored by an earlier batch whose `expires_at <= stored_at` of a new write at the
+//!   same path no longer holds the path: it is deleted and the new write is `Stored`;
+//! - `delete` reports whether the record was still stored, even if expired at the caller's
+//!   clock but not yet removed by `expire`;
+//! - `expire` removes records in `(expires_at, seq)` order;
+//! - usage rows with the same `read_at` come back in the order of the reads;
+//! - `owner_usage` and `totals` count what is stored, expired or not, until it is removed.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use pigeonhole_proto::keys::{PublicKey, SecretKey};
+use pigeonhole_proto::tag::{TAG_LEN, Tag};
+
+use crate::{
+    Account, AccountStatus, ListQuery, NewRecord, PutOutcome, ReadOutcome, RecordMeta, Store, StoredRecord,
+    Usage,
+};
+
+/// One case of the suite: a name and a check run against a fresh store.
+pub type Case<S> = (&'static str, fn(&S));
+
+/// Runs every case of [`cases`] against a fresh store from `make`, and panics listing the
+/// cases that failed (with their messages).
+pub fn run_all<S: Store>(make: impl Fn() -> S) {
+    let mut failures = Vec::new();
+    for (name, case) in cases::<S>() {
+        let store = make();
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| case(&store))) {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            failures.push(format!("- {name}: {message}"));
+        }
+    }
+    assert!(failures.is_empty(), "{} conformance case(s) failed:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// Every case of the suite, by name (to run one at a time when debugging a backend).
+pub fn cases<S: Store>() -> Vec<Case<S>> {
+    vec![
+        ("put_get_round_trip", put_get_round_trip::<S>),
+        ("empty_and_invalid_batches", empty_and_invalid_batches::<S>),
+        ("seq_monotonic", seq_monotonic::<S>),
+        ("duplicate_and_conflict_across_batches", duplicate_and_conflict_across_batches::<S>),
+        ("duplicate_and_conflict_within_batch", duplicate_and_conflict_within_batch::<S>),
+        ("expired_path_is_reusable", expired_path_is_reusable::<S>),
+        ("list_filters_and_limits", list_filters_and_limits::<S>),
+        ("fetch_after_order_and_paging", fetch_after_order_and_paging::<S>),
+        ("fetch_for_receiver_across_owners", fetch_for_receiver_across_owners::<S>),
+        ("list_by_tag", list_by_tag::<S>),
+        ("reads_filter_expired", reads_filter_expired::<S>),
+        ("expire_removes_everything", expire_removes_everything::<S>),
+        ("read_counts_and_logs", read_counts_and_logs::<S>),
+        ("pull_limit_exhaustion", pull_limit_exhaustion::<S>),
+        ("usage_window", usage_window::<S>),
+        ("delete", delete::<S>),
+        ("accounts", accounts::<S>),
+        ("owner_usage_and_totals", owner_usage_and_totals::<S>),
+        ("last_seq", last_seq::<S>),
+        ("concurrent_writers_and_readers", concurrent_writers_and_readers::<S>),
+    ]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures
+
+fn key(n: u8) -> PublicKey {
+    SecretKey::from_bytes(&[n; 32]).expect("1..=255 repeated is a valid secret key").public_key()
+}
+
+fn alice() -> PublicKey {
+    key(1)
+}
+fn bob() -> PublicKey {
+    key(2)
+}
+fn carol() -> PublicKey {
+    key(3)
+}
+fn dave() -> PublicKey {
+    key(4)
+}
+
+const FOREVER: u64 = u64::MAX;
+
+fn rec(owner: PublicKey, receiver: PublicKey, id: &str) -> NewRecord {
+    NewRecord {
+        owner,
+        receiver,
+        record_id: id.to_owned(),
+        tag: None,
+        stored_at: 1_000,
+        expires_at: FOREVER,
+        max_pulls: 0,
+        record_hash: hash_of(id, 0),
+        bytes: format!("bytes of {id}").into_bytes(),
+    }
+}
+
+fn hash_of(id: &str, variant: u8) -> [u8; 32] {
+    let mut h = [variant; 32];
+    for (i, b) in id.bytes().enumerate() {
+        h[i % 32] ^= b;
+    }
+    h
+}
+
+fn with(mut r: NewRecord, f: impl FnOnce(&mut NewRecord)) -> NewRecord {
+    f(&mut r);
+    r
+}
+
+fn stored(outcome: &PutOutcome) -> u64 {
+    match outcome {
+        PutOutcome::Stored { seq } => *seq,
+        other => panic!("expected Stored, got {other:?}"),
+    }
+}
+
+fn put_one<S: Store>(s: &S, r: NewRecord) -> u64 {
+    let out = s.put_batch(&[r]).expect("put_batch");
+    assert_eq!(out.len(), 1);
+    stored(&out[0])
+}
+
+fn put_all<S: Store>(s: &S, records: Vec<NewRecord>) -> Vec<u64> {
+    s.put_batch(&records).expect("put_batch").iter().map(stored).collect()
+}
+
+fn query(owner: PublicKey, receiver: PublicKey) -> ListQuery {
+    ListQuery { owner, receiver, after_seq: 0, after_ts: None, before_ts: None, limit: 1_000 }
+}
+
+fn seqs(metas: &[RecordMeta]) -> Vec<u64> {
+    metas.iter().map(|m| m.seq).collect()
+}
+
+fn rseqs(records: &[StoredRecord]) -> Vec<u64> {
+    records.iter().map(|r| r.meta.seq).collect()
+}
+
+fn ids(metas: &[RecordMeta]) -> Vec<&str> {
+    metas.iter().map(|m| m.record_id.as_str()).collect()
+}
+
+fn served<S: Store>(
+    s: &S,
+    owner: PublicKey,
+    receiver: PublicKey,
+    id: &str,
+    now: u64,
+) -> (StoredRecord, bool) {
+    match s.read(&owner, &receiver, id, now).expect("read") {
+        ReadOutcome::Served { record, exhausted } => (record, exhausted),
+        ReadOutcome::NotFound => panic!("read of {id} at {now}: NotFound"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cases
+
+fn put_get_round_trip<S: Store>(s: &S) {
+    let r = with(rec(alice(), bob(), "r-1"), |r| {
+        r.tag = Some(Tag([0xab; TAG_LEN]));
+        r.stored_at = 10;
+        r.expires_at = 500;
+        r.max_pulls = 3;
+        r.bytes = (0..=255u8).cycle().take(3_000).collect();
+    });
+    let seq = put_one(s, r.clone());
+    let got = s.get(&alice(), &bob(), "r-1", 10).expect("get").expect("stored");
+    assert_eq!(
+        got.meta,
+        RecordMeta {
+            seq,
+            owner: alice(),
+            receiver: bob(),
+            record_id: "r-1".into(),
+            tag: r.tag,
+            stored_at: 10,
+            expires_at: 500,
+            max_pulls: 3,
+            pulls: 0,
+            size: 3_000,
+            record_hash: r.record_hash,
+        }
+    );
+    assert_eq!(got.bytes, r.bytes);
+    // Other paths: different id, swapped owner and receiver, other receiver.
+    assert_eq!(s.get(&alice(), &bob(), "r-2", 10).expect("get"), None);
+    assert_eq!(s.get(&bob(), &alice(), "r-1", 10).expect("get"), None);
+    assert_eq!(s.get(&alice(), &carol(), "r-1", 10).expect("get"), None);
+    // Empty bytes round-trip too.
+    let empty = with(rec(alice(), bob(), "empty"), |r| r.bytes = Vec::new());
+    put_one(s, empty);
+    let got = s.get(&alice(), &bob(), "empty", 0).expect("get").expect("stored");
+    assert_eq!((got.bytes.len(), got.meta.size, got.meta.tag), (0, 0, None));
+}
+
+fn empty_and_invalid_batches<S: Store>(s: &S) {
+    assert_eq!(s.put_batch(&[]).expect("empty batch"), Vec::new());
+    assert_eq!(s.last_seq(), 0);
+    for bad in ["", "a/b", "..", "sp ace", &"x".repeat(129)] {
+        let batch = [rec(alice(), bob(), "good"), rec(alice(), bob(), bad)];
+        assert!(s.put_batch(&batch).is_err(), "record id {bad:?} must be refused");
+    }
+    assert_eq!(s.last_seq(), 0, "a refused batch assigns nothing");
+    assert_eq!(s.get(&alice(), &bob(), "good", 0).expect("get"), None, "a refused batch stores nothing");
+    assert_eq!(s.totals().expect("totals"), Usage::default());
+    // The longest valid id works.
+    let long = "y".repeat(128);
+    put_one(s, rec(alice(), bob(), &long));
+    assert!(s.get(&alice(), &bob(), &long, 0).expect("get").is_some());
+}
+
+fn seq_monotonic<S: Store>(s: &S) {
+    let mut last = 0;
+    for batch in 0..5 {
+        let records: Vec<_> = (0..7).map(|i| rec(alice(), bob(), &format!("b{batch}-{i}"))).collect();
+        let seqs = put_all(s, records);
+        assert_eq!(seqs.len(), 7);
+        for seq in seqs {
+            assert!(seq > last, "seq {seq} not above {last}");
+            last = seq;
+        }
+        assert_eq!(s.last_seq(), last);
+    }
+    // Deleting the newest record does not let its number be reused.
+    assert!(s.delete(&alice(), &bob(), "b4-6").expect("delete"));
+    let next = put_one(s, rec(alice(), bob(), "after-delete"));
+    assert!(next > last);
+    // Seqs stay increasing across owners and receivers.
+    let next2 = put_one(s, rec(carol(), dave(), "x"));
+    assert!(next2 > next);
+}
+
+fn duplicate_and_conflict_across_batches<S: Store>(s: &S) {
+    let original = with(rec(alice(), bob(), "r"), |r| {
+        r.stored_at = 100;
+        r.expires_at = 900;
+    });
+    let seq = put_one(s, original.clone());
+    let before = (s.totals().expect("totals"), s.last_seq());
+    // Same path, same hash, later retry with other times: the existing record's times.
+    let retry = with(original.clone(), |r| {
+        r.stored_at = 200;
+        r.expires_at = 2_000;
+        r.bytes = b"ignored".to_vec();
+    });
+    assert_eq!(
+        s.put_batch(&[retry]).expect("put"),
+        vec![PutOutcome::Duplicate { seq, stored_at: 100, expires_at: 900 }]
+    );
+    let other = with(original.clone(), |r| r.record_hash = hash_of("r", 1));
+    assert_eq!(s.put_batch(&[other]).expect("put"), vec![PutOutcome::Conflict]);
+    assert_eq!((s.totals().expect("totals"), s.last_seq()), before, "nothing changed");
+    assert_eq!(s.get(&alice(), &bob(), "r", 0).expect("get").expect("stored").bytes, original.bytes);
+    // Mixed batch: new records still get numbers, duplicates and conflicts do not.
+    let out = s
+        .put_batch(&[
+            rec(alice(), bob(), "n1"),
+            original.clone(),
+            with(original, |r| r.record_hash = [7; 32]),
+            rec(alice(), bob(), "n2"),
+        ])
+        .expect("put");
+    assert!(matches!(out[0], PutOutcome::Stored { seq: a } if a > seq));
+    assert_eq!(out[1], PutOutcome::Duplicate { seq, stored_at: 100, expires_at: 900 });
+    assert_eq!(out[2], PutOutcome::Conflict);
+    assert!(stored(&out[3]) > stored(&out[0]));
+    assert_eq!(s.last_seq(), stored(&out[3]));
+}
+
+fn duplicate_and_conflict_within_batch<S: Store>(s: &S) {
+    let a = with(rec(alice(), bob(), "a"), |r| {
+        r.stored_at = 5;
+        r.expires_at = 50;
+    });
+    let a_again = with(a.clone(), |r| {
+        r.stored_at = 6;
+        r.bytes = b"second copy".to_vec();
+    });
+    let a_other = with(a.clone(), |r| r.record_hash = hash_of("a", 9));
+    // Even when the first one would already be expired for the later write, the first
+    // write at a path within a batch wins.
+    let a_late = with(a.clone(), |r| {
+        r.stored_at = 60;
+        r.record_hash = hash_of("a", 3);
+    });
+    let b = rec(alice(), bob(), "b");
+    let out = s.put_batch(&[a.clone(), a_again, a_other, a_late, b]).expect("put");
+    let seq_a = stored(&out[0]);
+    assert_eq!(out[1], PutOutcome::Duplicate { seq: seq_a, stored_at: 5, expires_at: 50 });
+    assert_eq!(out[2], PutOutcome::Conflict);
+    assert_eq!(out[3], PutOutcome::Conflict);
+    assert!(stored(&out[4]) > seq_a);
+    assert_eq!(s.get(&alice(), &bob(), "a", 0).expect("get").expect("stored").bytes, a.bytes);
+    assert_eq!(s.totals().expect("totals").records, 2);
+    // The same id under another receiver or owner is another path.
+    let out = s.put_batch(&[rec(alice(), carol(), "a"), rec(carol(), bob(), "a")]).expect("put");
+    assert!(out.iter().all(|o| matches!(o, PutOutcome::Stored { .. })), "{out:?}");
+}
+
+fn expired_path_is_reusable<S: Store>(s: &S) {
+    let old = with(rec(alice(), bob(), "p"), |r| {
+        r.stored_at = 10;
+        r.expires_at = 100;
+        r.tag = Some(Tag([1; TAG_LEN]));
+    });
+    let old_seq = put_one(s, old.clone());
+    // Not yet expired when the new write was accepted: the path is still held.
+    let early = with(old.clone(), |r| {
+        r.stored_at = 99;
+        r.record_hash = hash_of("p", 1);
+    });
+    assert_eq!(s.put_batch(&[early]).expect("put"), vec![PutOutcome::Conflict]);
+    // Expired (expires_at <= stored_at): replaced, even with the same hash.
+    let new = with(old.clone(), |r| {
+        r.stored_at = 100;
+        r.expires_at = 1_000;
+        r.tag = None;
+        r.bytes = b"new".to_vec();
+    });
+    let new_seq = put_one(s, new);
+    assert!(new_seq > old_seq);
+    let got = s.get(&alice(), &bob(), "p", 100).expect("get").expect("stored");
+    assert_eq!((got.meta.seq, got.bytes.as_slice()), (new_seq, b"new".as_slice()));
+    assert_eq!(seqs(&s.list(&query(alice(), bob()), 0).expect("list")), vec![new_seq]);
+    assert_eq!(s.list_by_tag(&Tag([1; TAG_LEN]), 0, 10, 0).expect("by tag"), Vec::new());
+    assert_eq!(s.owner_usage(&alice()).expect("usage"), Usage { records: 1, bytes: 3 });
+    assert_eq!(s.totals().expect("totals"), Usage { records: 1, bytes: 3 });
+    // The old record's expiry entry went with it.
+    assert_eq!(s.expire(500, 10).expect("expire"), 0);
+    assert!(s.get(&alice(), &bob(), "p", 500).expect("get").is_some());
+}
+
+fn list_filters_and_limits<S: Store>(s: &S) {
+    // Six records in alice→bob with stored_at 10..=60, interleaved with other outboxes.
+    let mut mine = Vec::new();
+    for i in 1..=6u64 {
+        let r = with(rec(alice(), bob(), &format!("m{i}")), |r| r.stored_at = i * 10);
+        mine.push(put_one(s, r));
+        put_one(s, with(rec(alice(), carol(), &format!("m{i}")), |r| r.stored_at = i * 10));
+        put_one(s, with(rec(carol(), bob(), &format!("m{i}")), |r| r.stored_at = i * 10));
+    }
+    let q = query(alice(), bob());
+    let all = s.list(&q, 0).expect("list");
+    assert_eq!(seqs(&all), mine);
+    assert_eq!(ids(&all), ["m1", "m2", "m3", "m4", "m5", "m6"]);
+    assert!(all.iter().all(|m| m.owner == alice() && m.receiver == bob() && m.pulls == 0));
+    assert_eq!(all[0].size, "bytes of m1".len() as u32);
+
+    let list = |f: &dyn Fn(&mut ListQuery)| {
+        let mut q = q.clone();
+        f(&mut q);
+        seqs(&s.list(&q, 0).expect("list"))
+    };
+    assert_eq!(list(&|q| q.after_seq = mine[2]), mine[3..]);
+    assert_eq!(list(&|q| q.after_seq = mine[5]), Vec::<u64>::new());
+    assert_eq!(list(&|q| q.after_seq = u64::MAX), Vec::<u64>::new());
+    assert_eq!(list(&|q| q.after_ts = Some(30)), mine[3..]);
+    assert_eq!(list(&|q| q.before_ts = Some(30)), mine[..2]);
+    assert_eq!(list(&|q| q.before_ts = Some(0)), Vec::<u64>::new());
+    assert_eq!(list(&|q| q.after_ts = Some(u64::MAX)), Vec::<u64>::new());
+    assert_eq!(
+        list(&|q| {
+            q.after_ts = Some(10);
+            q.before_ts = Some(60);
+        }),
+        mine[1..5]
+    );
+    assert_eq!(
+        list(&|q| {
+            q.after_ts = Some(30);
+            q.before_ts = Some(40);
+        }),
+        Vec::<u64>::new()
+    );
+    assert_eq!(list(&|q| q.limit = 2), mine[..2]);
+    assert_eq!(list(&|q| q.limit = 0), Vec::<u64>::new());
+    // The limit counts results after filtering.
+    assert_eq!(
+        list(&|q| {
+            q.after_ts = Some(20);
+            q.limit = 2;
+        }),
+        mine[2..4]
+    );
+    assert_eq!(
+        list(&|q| {
+            q.after_seq = mine[3];
+            q.after_ts = Some(10);
+            q.before_ts = Some(60);
+        }),
+        mine[4..5]
+    );
+    // An outbox with nothing in it.
+    assert_eq!(s.list(&query(bob(), alice()), 0).expect("list"), Vec::new());
+}
+
+fn fetch_after_order_and_paging<S: Store>(s: &S) {
+    let mut mine = Vec::new();
+    for i in 0..10 {
+        let seqs = put_all(
+            s,
+            vec![
+                rec(alice(), bob(), &format!("f{i}")),
+                rec(alice(), carol(), &format!("f{i}")),
+                rec(dave(), bob(), &format!("f{i}")),
+            ],
+        );
+        mine.push(seqs[0]);
+    }
+    let all = s.fetch_after(&alice(), &bob(), 0, 100, 0).expect("fetch");
+    assert_eq!(rseqs(&all), mine);
+    for (i, r) in all.iter().enumerate() {
+        assert_eq!(r.meta.record_id, format!("f{i}"));
+        assert_eq!(r.bytes, format!("bytes of f{i}").into_bytes());
+    }
+    // Paging by the last sequence number seen.
+    let mut seen = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = s.fetch_after(&alice(), &bob(), after, 3, 0).expect("fetch");
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 3);
+        after = page.last().expect("non-empty").meta.seq;
+        seen.extend(rseqs(&page));
+    }
+    assert_eq!(seen, mine);
+    assert_eq!(s.fetch_after(&alice(), &bob(), 0, 0, 0).expect("fetch"), Vec::new());
+    assert_eq!(s.fetch_after(&alice(), &bob(), u64::MAX, 10, 0).expect("fetch"), Vec::new());
+    assert_eq!(s.fetch_after(&bob(), &alice(), 0, 10, 0).expect("fetch"), Vec::new());
+}
+
+fn fetch_for_receiver_across_owners<S: Store>(s: &S) {
+    let mut to_bob = Vec::new();
+    for i in 0..5 {
+        let seqs = put_all(
+            s,
+            vec![
+                rec(alice(), bob(), &format!("a{i}")),
+                rec(alice(), dave(), &format!("a{i}")),
+                rec(carol(), bob(), &format!("c{i}")),
+            ],
+        );
+        to_bob.push((seqs[0], alice(), format!("a{i}")));
+        to_bob.push((seqs[2], carol(), format!("c{i}")));
+    }
+    // An expired record to bob is skipped.
+    put_one(
+        s,
+        with(rec(dave(), bob(), "gone"), |r| {
+            r.stored_at = 1;
+            r.expires_at = 50;
+        }),
+    );
+    let got = s.fetch_for_receiver(&bob(), 0, 100, 50).expect("fetch");
+    let want: Vec<u64> = to_bob.iter().map(|t| t.0).collect();
+    assert_eq!(rseqs(&got), want);
+    for (r, (_, owner, id)) in got.iter().zip(&to_bob) {
+        assert_eq!((&r.meta.owner, &r.meta.record_id), (owner, id));
+        assert_eq!(r.meta.receiver, bob());
+        assert_eq!(r.bytes, format!("bytes of {id}").into_bytes());
+    }
+    // At an earlier clock, the expired record is still served.
+    assert_eq!(s.fetch_for_receiver(&bob(), 0, 100, 49).expect("fetch").len(), 11);
+    // Paging.
+    let page = s.fetch_for_receiver(&bob(), want[3], 4, 50).expect("fetch");
+    assert_eq!(rseqs(&page), want[4..8]);
+    assert_eq!(s.fetch_for_receiver(&bob(), 0, 0, 50).expect("fetch"), Vec::new());
+    assert_eq!(s.fetch_for_receiver(&carol(), 0, 10, 0).expect("fetch"), Vec::new());
+    assert_eq!(s.fetch_for_receiver(&dave(), 0, 10, 0).expect("fetch").len(), 5);
+}
+
+fn list_by_tag<S: Store>(s: &S) {
+    let t1 = Tag([0x11; TAG_LEN]);
+    let t2 = Tag([0x22; TAG_LEN]);
+    // t1 and another tag sharing its first 19 bytes, to check exact matching.
+    let mut near = [0x11; TAG_LEN];
+    near[TAG_LEN - 1] = 0x12;
+    let near = Tag(near);
+    let mut t1_seqs = Vec::new();
+    for i in 0..6 {
+        let tag = match i % 3 {
+            0 => Some(t1),
+            1 => Some(t2),
+            _ => None,
+        };
+        let owner = if i % 2 == 0 { alice() } else { carol() };
+        let seq = put_one(s, with(rec(owner, bob(), &format!("t{i}")), |r| r.tag = tag));
+        if tag == Some(t1) {
+            t1_seqs.push(seq);
+        }
+        put_one(s, with(rec(dave(), bob(), &format!("n{i}")), |r| r.tag = Some(near)));
+    }
+    let seq = put_one(
+        s,
+        with(rec(carol(), dave(), "t1-expiring"), |r| {
+            r.tag = Some(t1);
+            r.expires_at = 70;
+        }),
+    );
+    let got = s.list_by_tag(&t1, 0, 100, 0).expect("by tag");
+    let mut want = t1_seqs.clone();
+    want.push(seq);
+    assert_eq!(seqs(&got), want);
+    assert!(got.iter().all(|m| m.tag == Some(t1)));
+    assert_eq!(got[0].record_id, "t0");
+    assert_eq!(seqs(&s.list_by_tag(&t1, 0, 100, 70).expect("by tag")), t1_seqs);
+    assert_eq!(seqs(&s.list_by_tag(&t1, t1_seqs[0], 100, 70).expect("by tag")), t1_seqs[1..]);
+    assert_eq!(seqs(&s.list_by_tag(&t1, 0, 1, 0).expect("by tag")), t1_seqs[..1]);
+    assert_eq!(s.list_by_tag(&t1, 0, 0, 0).expect("by tag"), Vec::new());
+    assert_eq!(s.list_by_tag(&t2, 0, 100, 0).expect("by tag").len(), 2);
+    assert_eq!(s.list_by_tag(&near, 0, 100, 0).expect("by tag").len(), 6);
+    assert_eq!(s.list_by_tag(&Tag([0; TAG_LEN]), 0, 100, 0).expect("by tag"), Vec::new());
+}
+
+fn reads_filter_expired<S: Store>(s: &S) {
+    let tag = Tag([5; TAG_LEN]);
+    let r = with(rec(alice(), bob(), "e"), |r| {
+        r.stored_at = 10;
+        r.expires_at = 100;
+        r.tag = Some(tag);
+    });
+    put_one(s, r);
+    let visible = |now| {
+        [
+            s.get(&alice(), &bob(), "e", now).expect("get").is_some(),
+            !s.list(&query(alice(), bob()), now).expect("list").is_empty(),
+            !s.fetch_after(&alice(), &bob(), 0, 10, now).expect("fetch").is_empty(),
+            !s.fetch_for_receiver(&bob(), 0, 10, now).expect("fetch").is_empty(),
+            !s.list_by_tag(&tag, 0, 10, now).expect("by tag").is_empty(),
+        ]
+    };
+    assert_eq!(visible(0), [true; 5]);
+    assert_eq!(visible(99), [true; 5]);
+    assert_eq!(visible(100), [false; 5], "expires_at <= now is expired");
+    assert_eq!(visible(u64::MAX), [false; 5]);
+    assert_eq!(s.read(&alice(), &bob(), "e", 100).expect("read"), ReadOutcome::NotFound);
+    assert_eq!(s.usage(&alice(), None, None, 10).expect("usage"), Vec::new(), "no read was served");
+    // Still stored (and counted) until expire runs.
+    assert_eq!(s.totals().expect("totals").records, 1);
+    assert_eq!(visible(99), [true; 5]);
+}
+
+fn expire_removes_everything<S: Store>(s: &S) {
+    let tag = Tag([9; TAG_LEN]);
+    // Five records expiring at 100, 200, ..., 500 (inserted out of expiry order), and one
+    // that never expires.
+    let mut by_expiry = Vec::new();
+    for (i, exp) in [300u64, 100, 500, 200, 400].into_iter().enumerate() {
+        let owner = if i % 2 == 0 { alice() } else { carol() };
+        let id = format!("x{exp}");
+        put_one(
+            s,
+            with(rec(owner, bob(), &id), |r| {
+                r.stored_at = 1;
+                r.expires_at = exp;
+                r.tag = Some(tag);
+                r.bytes = vec![0; 10];
+            }),
+        );
+        by_expiry.push((exp, owner, id));
+    }
+    by_expiry.sort_by_key(|e| e.0);
+    put_one(s, with(rec(alice(), bob(), "keep"), |r| r.tag = Some(tag)));
+    let keep_len = u64::from(s.get(&alice(), &bob(), "keep", 0).expect("get").expect("kept").meta.size);
+    // Read one so it has a pull count to remove as well.
+    served(s, alice(), bob(), "x300", 5);
+    assert_eq!(s.totals().expect("totals"), Usage { records: 6, bytes: 50 + keep_len });
+
+    assert_eq!(s.expire(99, 100).expect("expire"), 0);
+    assert_eq!(s.expire(0, 100).expect("expire"), 0);
+    assert_eq!(s.expire(1_000, 0).expect("expire"), 0);
+    // At 300, three are due; a limit of 2 takes the two that expire first.
+    assert_eq!(s.expire(300, 2).expect("expire"), 2);
+    assert!(s.get(&carol(), &bob(), "x100", 0).expect("get").is_none());
+    assert!(s.get(&carol(), &bob(), "x200", 0).expect("get").is_none());
+    assert!(s.get(&alice(), &bob(), "x300", 0).expect("get").is_some());
+    assert_eq!(s.expire(300, 10).expect("expire"), 1);
+    assert_eq!(s.expire(300, 10).expect("expire"), 0);
+    assert_eq!(s.expire(1_000, 10).expect("expire"), 2);
+
+    // Gone from every index, even when asked with a clock before their expiry.
+    assert_eq!(ids(&s.list(&query(alice(), bob()), 0).expect("list")), ["keep"]);
+    assert_eq!(s.list(&query(carol(), bob()), 0).expect("list"), Vec::new());
+    assert_eq!(s.fetch_after(&carol(), &bob(), 0, 10, 0).expect("fetch"), Vec::new());
+    assert_eq!(ids(&s.list_by_tag(&tag, 0, 10, 0).expect("by tag")), ["keep"]);
+    let to_bob = s.fetch_for_receiver(&bob(), 0, 10, 0).expect("fetch");
+    assert_eq!(to_bob.len(), 1);
+    assert_eq!(to_bob[0].meta.record_id, "keep");
+    for (_, owner, id) in &by_expiry {
+        assert!(s.get(owner, &bob(), id, 0).expect("get").is_none());
+        assert!(!s.delete(owner, &bob(), id).expect("delete"), "{id} already removed");
+        assert_eq!(s.read(owner, &bob(), id, 0).expect("read"), ReadOutcome::NotFound);
+    }
+    // Counters follow.
+    assert_eq!(s.owner_usage(&carol()).expect("usage"), Usage::default());
+    assert_eq!(s.owner_usage(&alice()).expect("usage"), Usage { records: 1, bytes: keep_len });
+    assert_eq!(s.totals().expect("totals"), Usage { records: 1, bytes: keep_len });
+    // Paths are free again, and a new record there starts with no pulls.
+    let seq = put_one(s, rec(alice(), bob(), "x300"));
+    let again = s.get(&alice(), &bob(), "x300", 0).expect("get").expect("stored");
+    assert_eq!((again.meta.seq, again.meta.pulls), (seq, 0));
+    // The usage log is kept.
+    assert_eq!(s.usage(&alice(), None, None, 10).expect("usage").len(), 1);
+}
+
+fn read_counts_and_logs<S: Store>(s: &S) {
+    let r = with(rec(alice(), bob(), "r"), |r| r.bytes = vec![7; 42]);
+    let seq = put_one(s, r);
+    put_one(s, rec(carol(), bob(), "other"));
+    for n in 1..=3u32 {
+        let (record, exhausted) = served(s, alice(), bob(), "r", 100 + u64::from(n));
+        assert!(!exhausted);
+        assert_eq!((record.meta.seq, record.meta.pulls), (seq, n));
+        assert_eq!(record.bytes, vec![7; 42]);
+    }
+    assert_eq!(s.get(&alice(), &bob(), "r", 0).expect("get").expect("stored").meta.pulls, 3);
+    assert_eq!(s.list(&query(alice(), bob()), 0).expect("list")[0].pulls, 3);
+    assert_eq!(s.fetch_after(&alice(), &bob(), 0, 10, 0).expect("fetch")[0].meta.pulls, 3);
+    assert_eq!(s.fetch_for_receiver(&bob(), 0, 10, 0).expect("fetch")[0].meta.pulls, 3);
+    let rows = s.usage(&alice(), None, None, 100).expect("usage");
+    assert_eq!(rows.len(), 3);
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row.owner, alice());
+        assert_eq!(row.receiver, bob());
+        assert_eq!(row.record_id, "r");
+        assert_eq!(row.bytes, 42);
+        assert_eq!(row.read_at, 101 + i as u64);
+    }
+    // Reads of missing records change nothing.
+    assert_eq!(s.read(&alice(), &bob(), "missing", 200).expect("read"), ReadOutcome::NotFound);
+    assert_eq!(s.read(&bob(), &alice(), "r", 200).expect("read"), ReadOutcome::NotFound);
+    assert_eq!(s.usage(&alice(), None, None, 100).expect("usage").len(), 3);
+    // Other owners' logs are separate.
+    assert_eq!(s.usage(&carol(), None, None, 100).expect("usage"), Vec::new());
+    served(s, carol(), bob(), "other", 300);
+    assert_eq!(s.usage(&carol(), None, None, 100).expect("usage").len(), 1);
+    assert_eq!(s.usage(&alice(), None, None, 100).expect("usage").len(), 3);
+    // Reading does not change what is stored.
+    assert_eq!(s.totals().expect("totals").records, 2);
+}
+
+fn pull_limit_exhaustion<S: Store>(s: &S) {
+    let tag = Tag([3; TAG_LEN]);
+    let r = with(rec(alice(), bob(), "twice"), |r| {
+        r.max_pulls = 2;
+        r.tag = Some(tag);
+        r.bytes = vec![1; 20];
+    });
+    let seq = put_one(s, r.clone());
+    put_one(s, with(rec(alice(), bob(), "once"), |r| r.max_pulls = 1));
+    let (first, exhausted) = served(s, alice(), bob(), "twice", 10);
+    assert!(!exhausted);
+    assert_eq!(first.meta.pulls, 1);
+    let (second, exhausted) = served(s, alice(), bob(), "twice", 11);
+    assert!(exhausted, "the second read of max_pulls = 2 exhausts it");
+    assert_eq!((second.meta.seq, second.meta.pulls, second.bytes.clone()), (seq, 2, r.bytes.clone()));
+    // Deleted everywhere.
+    assert_eq!(s.get(&alice(), &bob(), "twice", 0).expect("get"), None);
+    assert_eq!(s.read(&alice(), &bob(), "twice", 12).expect("read"), ReadOutcome::NotFound);
+    assert_eq!(ids(&s.list(&query(alice(), bob()), 0).expect("list")), ["once"]);
+    assert_eq!(s.list_by_tag(&tag, 0, 10, 0).expect("by tag"), Vec::new());
+    assert_eq!(s.fetch_for_receiver(&bob(), 0, 10, 0).expect("fetch").len(), 1);
+    assert_eq!(s.expire(u64::MAX - 1, 10).expect("expire"), 0, "no expiry entry left behind");
+    assert!(!s.delete(&alice(), &bob(), "twice").expect("delete"));
+    assert_eq!(s.owner_usage(&alice()).expect("usage").records, 1);
+    // Both reads were logged.
+    let rows = s.usage(&alice(), None, None, 10).expect("usage");
+    assert_eq!(rows.iter().map(|r| (r.read_at, r.bytes)).collect::<Vec<_>>(), [(10, 20), (11, 20)]);
+    // max_pulls = 1: the first read exhausts it.
+    let (record, exhausted) = served(s, alice(), bob(), "once", 20);
+    assert!(exhausted);
+    assert_eq!(record.meta.pulls, 1);
+    assert_eq!(s.totals().expect("totals"), Usage::default());
+    // The path can be written again, with a fresh count.
+    put_one(s, r);
+    let (again, exhausted) = served(s, alice(), bob(), "twice", 30);
+    assert_eq!((again.meta.pulls, exhausted), (1, false));
+}
+
+fn usage_window<S: Store>(s: &S) {
+    for id in ["u1", "u2", "u3"] {
+        put_one(s, rec(alice(), bob(), id));
+    }
+    put_one(s, rec(alice(), carol(), "u1"));
+    put_one(s, rec(dave(), bob(), "d"));
+    // Reads at 10, 20 (twice, in this order), 30, 40; and dave's at 20.
+    served(s, alice(), bob(), "u1", 10);
+    served(s, alice(), bob(), "u3", 20);
+    served(s, alice(), carol(), "u1", 20);
+    served(s, dave(), bob(), "d", 20);
+    served(s, alice(), bob(), "u2", 30);
+    served(s, alice(), bob(), "u1", 40);
+    let window = |after, before, limit| {
+        s.usage(&alice(), after, before, limit)
+            .expect("usage")
+            .iter()
+            .map(|r| (r.read_at, r.receiver, r.record_id.clone()))
+            .collect::<Vec<_>>()
+    };
+    let all = window(None, None, 100);
+    assert_eq!(
+        all,
+        vec![
+            (10, bob(), "u1".to_owned()),
+            (20, bob(), "u3".to_owned()),
+            (20, carol(), "u1".to_owned()),
+            (30, bob(), "u2".to_owned()),
+            (40, bob(), "u1".to_owned()),
+        ]
+    );
+    assert_eq!(window(Some(10), Some(30), 100), all[1..3]);
+    assert_eq!(window(Some(9), Some(31), 100), all[..4]);
+    assert_eq!(window(Some(10), None, 100), all[1..]);
+    assert_eq!(window(None, Some(20), 100), all[..1]);
+    assert_eq!(window(Some(20), Some(30), 100), Vec::new());
+    assert_eq!(window(Some(40), None, 100), Vec::new());
+    assert_eq!(window(Some(u64::MAX), None, 100), Vec::new());
+    assert_eq!(window(None, Some(0), 100), Vec::new());
+    assert_eq!(window(None, None, 2), all[..2]);
+    assert_eq!(window(Some(10), None, 1), all[1..2]);
+    assert_eq!(window(None, None, 0), Vec::new());
+    assert_eq!(s.usage(&dave(), None, None, 10).expect("usage").len(), 1);
+    assert_eq!(s.usage(&bob(), None, None, 10).expect("usage"), Vec::new());
+}
+
+fn delete<S: Store>(s: &S) {
+    let tag = Tag([4; TAG_LEN]);
+    let r = with(rec(alice(), bob(), "d"), |r| {
+        r.tag = Some(tag);
+        r.expires_at = 100;
+    });
+    put_one(s, r.clone());
+    put_one(s, rec(alice(), bob(), "stay"));
+    served(s, alice(), bob(), "d", 1);
+    assert!(s.delete(&alice(), &bob(), "d").expect("delete"));
+    assert!(!s.delete(&alice(), &bob(), "d").expect("delete again"));
+    assert!(!s.delete(&alice(), &bob(), "never").expect("delete missing"));
+    assert_eq!(s.get(&alice(), &bob(), "d", 0).expect("get"), None);
+    assert_eq!(ids(&s.list(&query(alice(), bob()), 0).expect("list")), ["stay"]);
+    assert_eq!(s.list_by_tag(&tag, 0, 10, 0).expect("by tag"), Vec::new());
+    assert_eq!(s.fetch_for_receiver(&bob(), 0, 10, 0).expect("fetch").len(), 1);
+    assert_eq!(s.expire(1_000, 10).expect("expire"), 0, "its expiry entry is gone");
+    assert_eq!(s.owner_usage(&alice()).expect("usage").records, 1);
+    // Deleting an expired (not yet collected) record reports that it was there.
+    put_one(s, with(r.clone(), |r| r.record_id = "old".into()));
+    assert!(s.delete(&alice(), &bob(), "old").expect("delete"));
+    // Re-put at a deleted path: new seq, no pulls.
+    let seq = put_one(s, r);
+    let got = s.get(&alice(), &bob(), "d", 0).expect("get").expect("stored");
+    assert_eq!((got.meta.seq, got.meta.pulls), (seq, 0));
+    // The usage log outlives the record.
+    assert_eq!(s.usage(&alice(), None, None, 10).expect("usage").len(), 1);
+}
+
+fn accounts<S: Store>(s: &S) {
+    assert_eq!(s.account(&alice()).expect("account"), None);
+    let account = Account {
+        key: alice(),
+        status: AccountStatus::Active,
+        created_at: 1_700_000_000_000,
+        max_bytes: 1 << 30,
+        max_records_per_day: 10_000,
+    };
+    s.put_account(&account).expect("put");
+    assert_eq!(s.account(&alice()).expect("account"), Some(account.clone()));
+    assert_eq!(s.account(&bob()).expect("account"), None);
+    let replaced =
+        Account { status: AccountStatus::Suspended, max_bytes: 0, max_records_per_day: 0, ..account };
+    s.put_account(&replaced).expect("replace");
+    assert_eq!(s.account(&alice()).expect("account"), Some(replaced.clone()));
+    let other = Account { key: bob(), ..replaced.clone() };
+    s.put_account(&other).expect("put");
+    assert_eq!(s.account(&bob()).expect("account"), Some(other));
+    assert_eq!(s.account(&alice()).expect("account"), Some(replaced));
+    // Accounts are not records.
+    assert_eq!(s.totals().expect("totals"), Usage::default());
+    assert_eq!(s.last_seq(), 0);
+}
+
+fn owner_usage_and_totals<S: Store>(s: &S) {
+    assert_eq!(s.totals().expect("totals"), Usage::default());
+    assert_eq!(s.owner_usage(&alice()).expect("usage"), Usage::default());
+    let sized =
+        |owner, receiver, id: &str, len: usize| with(rec(owner, receiver, id), |r| r.bytes = vec![0; len]);
+    put_all(
+        s,
+        vec![
+            sized(alice(), bob(), "a1", 100),
+            sized(alice(), carol(), "a2", 50),
+            sized(carol(), bob(), "c1", 7),
+            with(sized(alice(), bob(), "a3", 1_000), |r| r.expires_at = 10),
+            with(sized(carol(), bob(), "c2", 3), |r| r.max_pulls = 1),
+        ],
+    );
+    assert_eq!(s.owner_usage(&alice()).expect("usage"), Usage { records: 3, bytes: 1_150 });
+    assert_eq!(s.owner_usage(&carol()).expect("usage"), Usage { records: 2, bytes: 10 });
+    assert_eq!(s.owner_usage(&bob()).expect("usage"), Usage::default(), "receivers are not billed");
+    assert_eq!(s.totals().expect("totals"), Usage { records: 5, bytes: 1_160 });
+    // Duplicates and conflicts change nothing.
+    let out = s.put_batch(&[sized(alice(), bob(), "a1", 100), sized(alice(), bob(), "a1", 1)]).expect("put");
+    assert!(matches!(out[0], PutOutcome::Duplicate { .. }));
+    assert_eq!(s.totals().expect("totals"), Usage { records: 5, bytes: 1_160 });
+    // Expired but not yet removed: still counted.
+    assert_eq!(s.owner_usage(&alice()).expect("usage").records, 3);
+    assert_eq!(s.expire(10, 100).expect("expire"), 1);
+    assert_eq!(s.owner_usage(&alice()).expect("usage"), Usage { records: 2, bytes: 150 });
+    assert!(s.delete(&alice(), &carol(), "a2").expect("delete"));
+    assert_eq!(s.owner_usage(&alice()).expect("usage"), Usage { records: 1, bytes: 100 });
+    served(s, carol(), bob(), "c2", 1);
+    assert_eq!(s.owner_usage(&carol()).expect("usage"), Usage { records: 1, bytes: 7 });
+    served(s, carol(), bob(), "c1", 1);
+    assert_eq!(
+        s.owner_usage(&carol()).expect("usage"),
+        Usage { records: 1, bytes: 7 },
+        "reads are not deletes"
+    );
+    assert_eq!(s.totals().expect("totals"), Usage { records: 2, bytes: 107 });
+    assert!(s.delete(&alice(), &bob(), "a1").expect("delete"));
+    assert!(s.delete(&carol(), &bob(), "c1").expect("delete"));
+    assert_eq!(s.owner_usage(&alice()).expect("usage"), Usage::default());
+    assert_eq!(s.totals().expect("totals"), Usage::default());
+}
+
+fn last_seq<S: Store>(s: &S) {
+    assert_eq!(s.last_seq(), 0);
+    let seqs = put_all(s, vec![rec(alice(), bob(), "l1"), rec(alice(), bob(), "l2")]);
+    assert_eq!(s.last_seq(), seqs[1]);
+    // Duplicates, reads, deletes and expiry assign nothing.
+    assert!(matches!(
+        s.put_batch(&[rec(alice(), bob(), "l1")]).expect("put")[0],
+        PutOutcome::Duplicate { .. }
+    ));
+    served(s, alice(), bob(), "l1", 1);
+    assert!(s.delete(&alice(), &bob(), "l2").expect("delete"));
+    assert!(s.delete(&alice(), &bob(), "l1").expect("delete"));
+    s.expire(u64::MAX, 10).expect("expire");
+    assert_eq!(s.last_seq(), seqs[1]);
+    assert_eq!(put_one(s, rec(alice(), bob(), "l3")), seqs[1] + 1);
+}
+
+fn concurrent_writers_and_readers<S: Store>(s: &S) {
+    const BATCHES: usize = 8;
+    std::thread::scope(|scope| {
+        for writer in 0..2u8 {
+            scope.spawn(move || {
+                let owner = key(10 + writer);
+                for b in 0..BATCHES {
+                    let batch: Vec<_> = (0..3).map(|i| rec(owner, bob(), &format!("w{b}-{i}"))).collect();
+                    let seqs = put_all(s, batch);
+                    assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+                    served(s, owner, bob(), &format!("w{b}-0"), 5);
+                }
+            });
+        }
+        for _ in 0..2 {
+            scope.spawn(|| {
+                for _ in 0..20 {
+                    let got = s.fetch_for_receiver(&bob(), 0, 1_000, 0).expect("fetch");
+                    assert!(got.windows(2).all(|w| w[0].meta.seq < w[1].meta.seq), "in order");
+                    assert!(
+                        got.iter().all(|r| r.bytes == format!("bytes of {}", r.meta.record_id).into_bytes())
+                    );
+                }
+            });
+        }
+    });
+    let all = s.fetch_for_receiver(&bob(), 0, 1_000, 0).expect("fetch");
+    assert_eq!(all.len(), 2 * BATCHES * 3);
+    let mut seqs = rseqs(&all);
+    seqs.dedup();
+    assert_eq!(seqs.len(), all.len(), "sequence numbers are unique");
+    assert_eq!(s.last_seq(), *seqs.last().expect("non-empty"));
+    assert_eq!(s.totals().expect("totals").records, (2 * BATCHES * 3) as u64);
+    assert_eq!(s.usage(&key(10), None, None, 100).expect("usage").len(), BATCHES);
+}

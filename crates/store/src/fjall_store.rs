@@ -1,0 +1,1489 @@
+//! [`FjallStore`]: the embedded backend, on the fjall LSM tree.
+//!
+//! # Layout
+//!
+//! One fjall database per store directory, with one keyspace per table. Integers in keys are
+//! big-endian so that byte order is numeric order; values use the protocol's canonical
+//! encoding (`pigeonhole_proto::wire`).
+//!
+//! | keyspace   | key                                   | value |
+//! |------------|---------------------------------------|-------|
+//! | `records`  | seq                                   | owner ‖ receiver ‖ var8(record id) ‖ flag tag ‖ stored_at ‖ expires_at ‖ max_pulls ‖ record_hash ‖ var32(bytes) |
+//! | `paths`    | owner ‖ receiver ‖ record id          | seq |
+//! | `outbox`   | owner ‖ receiver ‖ seq                | (empty) |
+//! | `receiver` | receiver ‖ seq                        | (empty) |
+//! | `expiry`   | expires_at ‖ seq                      | (empty) |
+//! | `tags`     | tag ‖ seq                             | (empty) |
+//! | `pulls`    | seq                                   | u32 reads so far (absent = 0) |
+//! | `usage`    | owner ‖ read_at ‖ commit number       | receiver ‖ u32 bytes ‖ var8(record id) |
+//! | `accounts` | account key                           | u8 status ‖ created_at ‖ max_bytes ‖ u32 max_records_per_day |
+//! | `owners`   | owner                                 | u64 records ‖ u64 bytes (absent = none) |
+//! | `meta`     | `format`, `commit`, `last_seq`, `totals` | `pigeonhole-store v1`, u64, u64, u64 records ‖ u64 bytes |
+//!
+//! Records are keyed by their sequence number, so new records append to the end of the
+//! keyspace; reads are counted in `pulls` so that a read does not rewrite the record.
+//!
+//! # Durability and the commit witness
+//!
+//! Every change is one fjall write batch, across all keyspaces, committed with
+//! `PersistMode::SyncAll`: the journal is fsynced before the batch becomes visible to readers
+//! and before the call returns. Each batch also bumps the `commit` counter in `meta`.
+//!
+//! After the batch is durable, the counter is also written to a small file next to the
+//! database, `pigeonhole-commit` (the *commit witness*; not fsynced, as it only needs to
+//! survive the process, not the machine). The journal recovers by truncating at the first
+//! damaged or incomplete entry, which is right for a write torn by a crash but would silently
+//! drop acknowledged writes if the journal itself were truncated or damaged. On open, a store
+//! whose recovered `commit` counter is lower than the witness has lost acknowledged writes,
+//! and opening fails with [`StoreError::Corrupted`] instead of serving the rest.
+//!
+//! Writes are serialized by one mutex (the relay writes from one commit thread; reads that
+//! count pulls also write). Reads take a fjall snapshot, so an index entry and the record it
+//! points to are always seen together; an index entry without its record is corruption.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode, Readable, Snapshot};
+use parking_lot::Mutex;
+use pigeonhole_proto::keys::PublicKey;
+use pigeonhole_proto::tag::Tag;
+
+use crate::codec::{
+    KEY_LEN, StoredMeta, be_u64, check_new_record, corrupted, decode_account, decode_pulls,
+    decode_record, decode_usage, decode_usage_counters, encode_account, encode_record, encode_usage,
+    encode_usage_counters, expiry_key, outbox_key, outbox_prefix, path_key, receiver_key, seq_key, seq_suffix,
+    tag_key, usage_key, usage_key_read_at,
+};
+use crate::{
+    Account, ListQuery, NewRecord, PutOutcome, ReadOutcome, RecordMeta, Store, StoreError, StoredRecord, Usage,
+    UsageRow,
+};
+
+/// The format marker stored under `meta/format`.
+pub(crate) const FORMAT: &str = "pigeonhole-store v1";
+const FORMAT_PREFIX: &str = "pigeonhole-store v";
+const FORMAT_VERSION: u64 = 1;
+
+const FORMAT_KEY: &[u8] = b"format";
+const COMMIT_KEY: &[u8] = b"commit";
+const LAST_SEQ_KEY: &[u8] = b"last_seq";
+const TOTALS_KEY: &[u8] = b"totals";
+
+/// File name of the commit witness inside the store directory.
+const WITNESS_FILE: &str = "pigeonhole-commit";
+const WITNESS_MAGIC: &[u8; 8] = b"PHCOMMIT";
+/// The file fjall writes first when it creates a database.
+const FJALL_MARKER: &str = "version";
+
+const KEYSPACE_NAMES: [&str; 11] = [
+    "records", "paths", "outbox", "receiver", "expiry", "tags", "pulls", "usage", "accounts", "owners", "meta",
+];
+
+/// Tuning of the embedded backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FjallConfig {
+    /// Block cache size in bytes (fjall recommends 20–25% of memory, or the data set if it fits).
+    pub cache_bytes: u64,
+    /// Background flush and compaction threads; 0 keeps fjall's default (cores, at most 4).
+    pub worker_threads: usize,
+    /// Runs [`FjallStore::verify`] (a full scan) before `open_with` returns.
+    pub verify_on_open: bool,
+    /// Deletes the directory when the store is dropped (for tests; see [`FjallStore::temporary`]).
+    pub temporary: bool,
+}
+
+impl Default for FjallConfig {
+    fn default() -> Self {
+        Self { cache_bytes: 64 * 1024 * 1024, worker_threads: 0, verify_on_open: false, temporary: false }
+    }
+}
+
+struct Keyspaces {
+    records: Keyspace,
+    paths: Keyspace,
+    outbox: Keyspace,
+    receiver: Keyspace,
+    expiry: Keyspace,
+    tags: Keyspace,
+    pulls: Keyspace,
+    usage: Keyspace,
+    accounts: Keyspace,
+    owners: Keyspace,
+    meta: Keyspace,
+}
+
+impl Keyspaces {
+    fn open(db: &Database) -> Result<Self, StoreError> {
+        let open = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).map_err(fjall_error);
+        Ok(Self {
+            records: open("records")?,
+            paths: open("paths")?,
+            outbox: open("outbox")?,
+            receiver: open("receiver")?,
+            expiry: open("expiry")?,
+            tags: open("tags")?,
+            pulls: open("pulls")?,
+            usage: open("usage")?,
+            accounts: open("accounts")?,
+            owners: open("owners")?,
+            meta: open("meta")?,
+        })
+    }
+
+    fn all(&self) -> [(&'static str, &Keyspace); 11] {
+        [
+            ("records", &self.records),
+            ("paths", &self.paths),
+            ("outbox", &self.outbox),
+            ("receiver", &self.receiver),
+            ("expiry", &self.expiry),
+            ("tags", &self.tags),
+            ("pulls", &self.pulls),
+            ("usage", &self.usage),
+            ("accounts", &self.accounts),
+            ("owners", &self.owners),
+            ("meta", &self.meta),
+        ]
+    }
+}
+
+/// The relay's embedded store: fjall keyspaces in one directory, every write durable before
+/// it returns. See the module documentation for the layout.
+pub struct FjallStore {
+    // Field order matters: the keyspace handles go before the database so that a temporary
+    // store's directory is removed once the last handle is gone.
+    ks: Keyspaces,
+    db: Database,
+    dir: PathBuf,
+    write: Mutex<WriteState>,
+    last_seq: AtomicU64,
+    /// Set when a write failed for lack of space: fjall then refuses every later write, and
+    /// those refusals are reported as [`StoreError::Full`] too.
+    full: AtomicBool,
+}
+
+impl std::fmt::Debug for FjallStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FjallStore").field("dir", &self.dir).field("last_seq", &self.last_seq()).finish()
+    }
+}
+
+struct WriteState {
+    commit: u64,
+    last_seq: u64,
+    witness: Witness,
+}
+
+/// The commit witness file: `PHCOMMIT ‖ u64 counter ‖ u64 !counter`.
+struct Witness {
+    file: File,
+}
+
+impl Witness {
+    fn encode(counter: u64) -> [u8; 24] {
+        let mut out = [0u8; 24];
+        out[..8].copy_from_slice(WITNESS_MAGIC);
+        out[8..16].copy_from_slice(&counter.to_be_bytes());
+        out[16..].copy_from_slice(&(!counter).to_be_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<u64> {
+        if bytes.len() != 24 || &bytes[..8] != WITNESS_MAGIC {
+            return None;
+        }
+        let counter = u64::from_be_bytes(bytes[8..16].try_into().ok()?);
+        let check = u64::from_be_bytes(bytes[16..].try_into().ok()?);
+        (check == !counter).then_some(counter)
+    }
+
+    /// Reads the witness of `dir`: `Ok(None)` if there is none.
+    fn read(dir: &Path) -> Result<Option<u64>, StoreError> {
+        let path = dir.join(WITNESS_FILE);
+        let mut bytes = Vec::new();
+        match File::open(&path) {
+            Ok(file) => file.take(64).read_to_end(&mut bytes).map_err(|e| io_error(e, "reading the commit witness"))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_error(e, "opening the commit witness")),
+        };
+        Witness::decode(&bytes).map(Some).ok_or_else(|| {
+            StoreError::Corrupted(format!("the commit witness {} is damaged", path.display()))
+        })
+    }
+
+    /// Creates the witness with `counter`, durably (written aside, fsynced, renamed).
+    fn create(dir: &Path, counter: u64) -> Result<(), StoreError> {
+        let ctx = "creating the commit witness";
+        let tmp = dir.join(format!("{WITNESS_FILE}.tmp"));
+        let mut file = File::create(&tmp).map_err(|e| io_error(e, ctx))?;
+        file.write_all(&Self::encode(counter)).map_err(|e| io_error(e, ctx))?;
+        file.sync_all().map_err(|e| io_error(e, ctx))?;
+        fs::rename(&tmp, dir.join(WITNESS_FILE)).map_err(|e| io_error(e, ctx))?;
+        // Best effort: directories cannot be opened for syncing on every platform.
+        if let Ok(d) = File::open(dir) {
+            d.sync_all().ok();
+        }
+        Ok(())
+    }
+
+    fn open(dir: &Path) -> Result<Self, StoreError> {
+        let file = OpenOptions::new()
+            .write(true)
+            .open(dir.join(WITNESS_FILE))
+            .map_err(|e| io_error(e, "opening the commit witness"))?;
+        Ok(Self { file })
+    }
+
+    /// Records that commit `counter` is durable. Not fsynced: the witness must survive the
+    /// process (kill -9), and after a power loss a stale witness only means less checking.
+    fn record(&mut self, counter: u64) -> io::Result<()> {
+        self.file.seek(SeekFrom::Start(0))?;
+        self.file.write_all(&Self::encode(counter))
+    }
+}
+
+fn io_error(e: io::Error, context: &str) -> StoreError {
+    match e.kind() {
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => StoreError::Full,
+        // The engine seeks and reads at offsets and lengths it finds in its files: bad ones
+        // come from damaged files.
+        io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidInput => {
+            StoreError::Corrupted(format!("{context}: {e}"))
+        }
+        _ => StoreError::Io(format!("{context}: {e}")),
+    }
+}
+
+/// Maps fjall's errors: no space → `Full`; checksum, decoding, version and recovery failures →
+/// `Corrupted`; everything else → `Io`.
+fn fjall_error(e: fjall::Error) -> StoreError {
+    match e {
+        fjall::Error::Io(e) => io_error(e, "storage engine"),
+        fjall::Error::Storage(fjall::LsmError::Io(e)) => io_error(e, "storage engine"),
+        fjall::Error::Storage(e) => StoreError::Corrupted(format!("storage engine tables: {e:?}")),
+        fjall::Error::JournalRecovery(e) => StoreError::Corrupted(format!("storage engine journal: {e}")),
+        fjall::Error::InvalidVersion(v) => {
+            StoreError::Corrupted(format!("storage engine format version {v:?} is missing or unknown"))
+        }
+        e @ (fjall::Error::Decompress(_)
+        | fjall::Error::InvalidTrailer
+        | fjall::Error::InvalidTag(_)
+        | fjall::Error::Unrecoverable) => StoreError::Corrupted(format!("storage engine: {e:?}")),
+        fjall::Error::Poisoned => StoreError::Io(
+            "the storage engine refuses writes after an earlier write failed; restart the relay".into(),
+        ),
+        fjall::Error::Locked => StoreError::Io("the store is open in another process".into()),
+        e => StoreError::Io(format!("storage engine: {e:?}")),
+    }
+}
+
+/// Maps an error of the engine while it recovers a store: a file it expects that is missing or
+/// unreadable is damage to the store, not a passing I/O failure.
+fn open_error(e: fjall::Error) -> StoreError {
+    let kind = match &e {
+        fjall::Error::Io(e) | fjall::Error::Storage(fjall::LsmError::Io(e)) => Some(e.kind()),
+        _ => None,
+    };
+    match (kind, fjall_error(e)) {
+        (Some(io::ErrorKind::NotFound | io::ErrorKind::Other), StoreError::Io(msg)) => {
+            StoreError::Corrupted(format!("recovering the store: {msg}"))
+        }
+        (_, mapped) => mapped,
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
+}
+
+/// One write batch being built under the write lock: the fjall batch plus the owner and total
+/// counters it changes, written once at the end.
+struct Change<'a> {
+    ks: &'a Keyspaces,
+    snap: Snapshot,
+    batch: OwnedWriteBatch,
+    owners: HashMap<[u8; KEY_LEN], Usage>,
+    totals: Usage,
+    counters_changed: bool,
+}
+
+impl<'a> Change<'a> {
+    fn new(store: &'a FjallStore) -> Result<Self, StoreError> {
+        let snap = store.db.snapshot();
+        let totals = match snap.get(&store.ks.meta, TOTALS_KEY).map_err(fjall_error)? {
+            Some(v) => decode_usage_counters(&v, "meta")?,
+            None => Usage::default(),
+        };
+        Ok(Self {
+            ks: &store.ks,
+            snap,
+            batch: store.db.batch(),
+            owners: HashMap::new(),
+            totals,
+            counters_changed: false,
+        })
+    }
+
+    fn owner(&mut self, owner: &PublicKey) -> Result<&mut Usage, StoreError> {
+        let key = owner.to_bytes();
+        if !self.owners.contains_key(&key) {
+            let current = match self.snap.get(&self.ks.owners, key).map_err(fjall_error)? {
+                Some(v) => decode_usage_counters(&v, "owners")?,
+                None => Usage::default(),
+            };
+            self.owners.insert(key, current);
+        }
+        Ok(self.owners.entry(key).or_default())
+    }
+
+    /// The record with sequence number `seq` as of the snapshot.
+    fn record(&self, seq: u64) -> Result<Option<fjall::Slice>, StoreError> {
+        self.snap.get(&self.ks.records, seq_key(seq)).map_err(fjall_error)
+    }
+
+    /// The sequence number stored at a path.
+    fn seq_at(&self, path: &[u8]) -> Result<Option<u64>, StoreError> {
+        match self.snap.get(&self.ks.paths, path).map_err(fjall_error)? {
+            Some(v) => Ok(Some(be_u64(&v, "paths")?)),
+            None => Ok(None),
+        }
+    }
+
+    fn insert(&mut self, seq: u64, record: &NewRecord, path: Vec<u8>) -> Result<(), StoreError> {
+        let ks = self.ks;
+        let b = &mut self.batch;
+        b.insert(&ks.records, seq_key(seq), encode_record(record));
+        b.insert(&ks.paths, path, seq_key(seq));
+        b.insert(&ks.outbox, outbox_key(&record.owner, &record.receiver, seq), []);
+        b.insert(&ks.receiver, receiver_key(&record.receiver, seq), []);
+        b.insert(&ks.expiry, expiry_key(record.expires_at, seq), []);
+        if let Some(tag) = &record.tag {
+            b.insert(&ks.tags, tag_key(tag, seq), []);
+        }
+        let size = record.bytes.len() as u64;
+        let owner = self.owner(&record.owner)?;
+        owner.records += 1;
+        owner.bytes += size;
+        self.totals.records += 1;
+        self.totals.bytes += size;
+        self.counters_changed = true;
+        Ok(())
+    }
+
+    /// Removes a record and every index entry. `keep_path` leaves the `paths` entry to be
+    /// overwritten by the same batch (one batch must not both remove and insert a key).
+    fn remove(&mut self, seq: u64, meta: &StoredMeta, keep_path: bool) -> Result<(), StoreError> {
+        let ks = self.ks;
+        let b = &mut self.batch;
+        b.remove(&ks.records, seq_key(seq));
+        if !keep_path {
+            b.remove(&ks.paths, path_key(&meta.owner, &meta.receiver, &meta.record_id));
+        }
+        b.remove(&ks.outbox, outbox_key(&meta.owner, &meta.receiver, seq));
+        b.remove(&ks.receiver, receiver_key(&meta.receiver, seq));
+        b.remove(&ks.expiry, expiry_key(meta.expires_at, seq));
+        if let Some(tag) = &meta.tag {
+            b.remove(&ks.tags, tag_key(tag, seq));
+        }
+        b.remove(&ks.pulls, seq_key(seq));
+        let size = u64::from(meta.size);
+        // Saturating: a damaged counter must not stop deletions; `verify` reports it.
+        let owner = self.owner(&meta.owner)?;
+        owner.records = owner.records.saturating_sub(1);
+        owner.bytes = owner.bytes.saturating_sub(size);
+        self.totals.records = self.totals.records.saturating_sub(1);
+        self.totals.bytes = self.totals.bytes.saturating_sub(size);
+        self.counters_changed = true;
+        Ok(())
+    }
+}
+
+/// Builds the range `prefix ‖ from ..= prefix ‖ u64::MAX` over keys ending in a sequence number.
+fn seq_range(prefix: &[u8], from: u64) -> (Vec<u8>, Vec<u8>) {
+    let mut start = prefix.to_vec();
+    start.extend_from_slice(&from.to_be_bytes());
+    let mut end = prefix.to_vec();
+    end.extend_from_slice(&u64::MAX.to_be_bytes());
+    (start, end)
+}
+
+impl FjallStore {
+    /// Opens the store in `dir`, creating it if `dir` is missing or empty, with the default
+    /// [`FjallConfig`].
+    ///
+    /// Fails with [`StoreError::Corrupted`] if `dir` holds something other than a Pigeonhole
+    /// store, a store of another format version, or a store that is damaged or has lost
+    /// acknowledged writes.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, FjallConfig::default())
+    }
+
+    /// Opens the store in `dir` with `config` (see [`FjallStore::open`]).
+    pub fn open_with(dir: &Path, config: FjallConfig) -> Result<Self, StoreError> {
+        // The storage engine asserts on some malformed directories; a damaged store must be an
+        // error, not a crash.
+        catch_unwind(AssertUnwindSafe(|| Self::open_inner(dir, &config))).unwrap_or_else(|panic| {
+            Err(StoreError::Corrupted(format!(
+                "the storage engine failed while opening {}: {}",
+                dir.display(),
+                panic_message(panic.as_ref())
+            )))
+        })
+    }
+
+    /// A store in a new directory under the system's temporary directory, deleted when the
+    /// store is dropped. For tests (durable like any other store while it lives).
+    pub fn temporary() -> Result<Self, StoreError> {
+        let dir = std::env::temp_dir()
+            .join(format!("pigeonhole-store-{}-{}", std::process::id(), unique_suffix()));
+        Self::open_with(&dir, FjallConfig { temporary: true, cache_bytes: 8 * 1024 * 1024, ..Default::default() })
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn open_inner(dir: &Path, config: &FjallConfig) -> Result<Self, StoreError> {
+        let fresh = match fs::read_dir(dir) {
+            Ok(mut entries) => entries.next().is_none(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(dir).map_err(|e| io_error(e, "creating the store directory"))?;
+                true
+            }
+            Err(e) => return Err(io_error(e, "reading the store directory")),
+        };
+        if !fresh && !dir.join(FJALL_MARKER).exists() {
+            return Err(StoreError::Corrupted(format!(
+                "{} is not a Pigeonhole store: the directory is not empty and holds no store",
+                dir.display()
+            )));
+        }
+
+        let mut builder = Database::builder(dir).cache_size(config.cache_bytes).temporary(config.temporary);
+        if config.worker_threads > 0 {
+            builder = builder.worker_threads(config.worker_threads);
+        }
+        let db = builder.open().map_err(open_error)?;
+
+        let names = db.list_keyspace_names();
+        if let Some(name) = names.iter().find(|n| !KEYSPACE_NAMES.contains(&&***n)) {
+            return Err(StoreError::Corrupted(format!(
+                "{} is not a Pigeonhole store: it has a keyspace {:?}",
+                dir.display(),
+                &**name
+            )));
+        }
+        let ks = Keyspaces::open(&db)?;
+        let snap = db.snapshot();
+
+        let format = snap.get(&ks.meta, FORMAT_KEY).map_err(fjall_error)?;
+        let witness = Witness::read(dir)?;
+        let commit = match format {
+            Some(format) => {
+                check_format(&format, dir)?;
+                let commit = match snap.get(&ks.meta, COMMIT_KEY).map_err(fjall_error)? {
+                    Some(v) => be_u64(&v, "meta")?,
+                    None => return Err(corrupted("meta", "the commit counter is missing")),
+                };
+                match witness {
+                    Some(acknowledged) if acknowledged > commit => {
+                        return Err(StoreError::Corrupted(format!(
+                            "{} has lost acknowledged writes: its journal recovers to commit {commit}, \
+                             but commit {acknowledged} was acknowledged (truncated or damaged journal)",
+                            dir.display()
+                        )));
+                    }
+                    Some(_) => {}
+                    // Creation was interrupted after the format was written.
+                    None if commit == 0 => Witness::create(dir, 0)?,
+                    None => {
+                        return Err(StoreError::Corrupted(format!(
+                            "{} has no commit witness ({WITNESS_FILE}) but {commit} commits",
+                            dir.display()
+                        )));
+                    }
+                }
+                commit
+            }
+            None => {
+                // A new store, or one whose creation was interrupted before the format marker
+                // was written (then every keyspace is still empty and there is no witness).
+                if let Some(acknowledged) = witness {
+                    return Err(StoreError::Corrupted(format!(
+                        "{} has lost acknowledged writes: its format marker is gone but commit \
+                         {acknowledged} was acknowledged (truncated or damaged journal)",
+                        dir.display()
+                    )));
+                }
+                for (name, keyspace) in ks.all() {
+                    if snap.first_key_value(keyspace).is_some() {
+                        return Err(StoreError::Corrupted(format!(
+                            "{} is not a Pigeonhole store: no format marker, but keyspace `{name}` has data",
+                            dir.display()
+                        )));
+                    }
+                }
+                let mut batch = db.batch().durability(Some(PersistMode::SyncAll));
+                batch.insert(&ks.meta, FORMAT_KEY, FORMAT);
+                batch.insert(&ks.meta, COMMIT_KEY, 0u64.to_be_bytes());
+                batch.insert(&ks.meta, LAST_SEQ_KEY, 0u64.to_be_bytes());
+                batch.insert(&ks.meta, TOTALS_KEY, encode_usage_counters(Usage::default()));
+                batch.commit().map_err(fjall_error)?;
+                Witness::create(dir, 0)?;
+                0
+            }
+        };
+        drop(snap);
+
+        let snap = db.snapshot();
+        let stored_last = match snap.get(&ks.meta, LAST_SEQ_KEY).map_err(fjall_error)? {
+            Some(v) => be_u64(&v, "meta")?,
+            None => return Err(corrupted("meta", "the last sequence number is missing")),
+        };
+        let highest = match snap.last_key_value(&ks.records) {
+            Some(guard) => be_u64(&guard.key().map_err(fjall_error)?, "records")?,
+            None => 0,
+        };
+        if let Some(v) = snap.get(&ks.meta, TOTALS_KEY).map_err(fjall_error)? {
+            decode_usage_counters(&v, "meta")?;
+        }
+        drop(snap);
+        let last_seq = stored_last.max(highest);
+
+        let store = Self {
+            ks,
+            db,
+            dir: dir.to_path_buf(),
+            write: Mutex::new(WriteState { commit, last_seq, witness: Witness::open(dir)? }),
+            last_seq: AtomicU64::new(last_seq),
+            full: AtomicBool::new(false),
+        };
+        if config.verify_on_open {
+            store.verify()?;
+        }
+        Ok(store)
+    }
+
+    /// Maps an error of a write, remembering a full disk (see [`FjallStore::full`]).
+    fn write_error(&self, e: fjall::Error) -> StoreError {
+        let poisoned = matches!(e, fjall::Error::Poisoned);
+        match fjall_error(e) {
+            StoreError::Full => {
+                self.full.store(true, Ordering::Relaxed);
+                StoreError::Full
+            }
+            _ if poisoned && self.full.load(Ordering::Relaxed) => StoreError::Full,
+            other => other,
+        }
+    }
+
+    /// Commits `change` durably as commit number `state.commit + 1`, with `last_seq` if the
+    /// change assigned sequence numbers.
+    fn commit(&self, state: &mut WriteState, change: Change<'_>, last_seq: Option<u64>) -> Result<(), StoreError> {
+        let Change { ks, mut batch, owners, totals, counters_changed, .. } = change;
+        let commit = state.commit + 1;
+        if counters_changed {
+            for (owner, usage) in owners {
+                if usage.records == 0 && usage.bytes == 0 {
+                    batch.remove(&ks.owners, owner);
+                } else {
+                    batch.insert(&ks.owners, owner, encode_usage_counters(usage));
+                }
+            }
+            batch.insert(&ks.meta, TOTALS_KEY, encode_usage_counters(totals));
+        }
+        if let Some(seq) = last_seq {
+            batch.insert(&ks.meta, LAST_SEQ_KEY, seq.to_be_bytes());
+        }
+        batch.insert(&ks.meta, COMMIT_KEY, commit.to_be_bytes());
+        // SyncAll on the batch fsyncs the journal before the batch becomes visible.
+        batch.durability(Some(PersistMode::SyncAll)).commit().map_err(|e| self.write_error(e))?;
+        state.commit = commit;
+        if let Some(seq) = last_seq {
+            state.last_seq = seq;
+            self.last_seq.store(seq, Ordering::Release);
+        }
+        // The batch is durable: a failure to update the witness only weakens the check on open.
+        state.witness.record(commit).ok();
+        Ok(())
+    }
+
+    fn pulls(&self, snap: &Snapshot, seq: u64) -> Result<u32, StoreError> {
+        match snap.get(&self.ks.pulls, seq_key(seq)).map_err(fjall_error)? {
+            Some(v) => decode_pulls(&v),
+            None => Ok(0),
+        }
+    }
+
+    /// Walks an index whose keys end in a sequence number, from `start` to `end` inclusive,
+    /// loading each record; keeps records live at `now` that pass `keep`, at most `limit`.
+    /// `belongs` checks that the record is the one the index entry names.
+    #[allow(clippy::too_many_arguments)]
+    fn walk<T>(
+        &self,
+        snap: &Snapshot,
+        index: (&'static str, &Keyspace),
+        (start, end): (Vec<u8>, Vec<u8>),
+        now: u64,
+        limit: usize,
+        belongs: impl Fn(&StoredMeta) -> bool,
+        keep: impl Fn(&StoredMeta) -> bool,
+        mut make: impl FnMut(u64, StoredMeta, u32, &[u8]) -> T,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        let (name, keyspace) = index;
+        for guard in snap.range(keyspace, start..=end) {
+            let key = guard.key().map_err(fjall_error)?;
+            let seq = seq_suffix(&key, name)?;
+            let value = snap
+                .get(&self.ks.records, seq_key(seq))
+                .map_err(fjall_error)?
+                .ok_or_else(|| corrupted(name, format_args!("entry for seq {seq} has no record")))?;
+            let (meta, bytes) = decode_record(&value)?;
+            if !belongs(&meta) {
+                return Err(corrupted(name, format_args!("entry for seq {seq} names another record")));
+            }
+            if meta.expires_at <= now || !keep(&meta) {
+                continue;
+            }
+            let pulls = self.pulls(snap, seq)?;
+            out.push(make(seq, meta, pulls, bytes));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Checks the whole store: every record decodes and has exactly its index entries, every
+    /// index entry, read count and usage row is well-formed and points at a record, and the
+    /// owner counters and totals match the records. Returns the totals. A full scan: for
+    /// operators and tests, not for the request path.
+    pub fn verify(&self) -> Result<Usage, StoreError> {
+        catch_unwind(AssertUnwindSafe(|| self.verify_inner())).unwrap_or_else(|panic| {
+            Err(StoreError::Corrupted(format!(
+                "the storage engine failed during verification: {}",
+                panic_message(panic.as_ref())
+            )))
+        })
+    }
+
+    fn verify_inner(&self) -> Result<Usage, StoreError> {
+        let ks = &self.ks;
+        let snap = self.db.snapshot();
+        let present = |keyspace: &Keyspace, name: &str, key: &[u8], seq: u64| -> Result<(), StoreError> {
+            if snap.contains_key(keyspace, key).map_err(fjall_error)? {
+                Ok(())
+            } else {
+                Err(corrupted(name, format_args!("missing the entry of record {seq}")))
+            }
+        };
+        let mut owners: HashMap<[u8; KEY_LEN], Usage> = HashMap::new();
+        let mut totals = Usage::default();
+        let mut tagged = 0usize;
+        let mut highest = 0;
+        for guard in snap.iter(&ks.records) {
+            let (key, value) = guard.into_inner().map_err(fjall_error)?;
+            let seq = be_u64(&key, "records")?;
+            highest = seq;
+            let (meta, _) = decode_record(&value)?;
+            let path = path_key(&meta.owner, &meta.receiver, &meta.record_id);
+            match snap.get(&ks.paths, &path).map_err(fjall_error)? {
+                Some(v) if be_u64(&v, "paths")? == seq => {}
+                _ => return Err(corrupted("paths", format_args!("no entry pointing at record {seq}"))),
+            }
+            present(&ks.outbox, "outbox", &outbox_key(&meta.owner, &meta.receiver, seq), seq)?;
+            present(&ks.receiver, "receiver", &receiver_key(&meta.receiver, seq), seq)?;
+            present(&ks.expiry, "expiry", &expiry_key(meta.expires_at, seq), seq)?;
+            if let Some(tag) = &meta.tag {
+                present(&ks.tags, "tags", &tag_key(tag, seq), seq)?;
+                tagged += 1;
+            }
+            let size = u64::from(meta.size);
+            let owner = owners.entry(meta.owner.to_bytes()).or_default();
+            owner.records += 1;
+            owner.bytes += size;
+            totals.records += 1;
+            totals.bytes += size;
+        }
+        let records = usize::try_from(totals.records).unwrap_or(usize::MAX);
+        for (name, keyspace, expected) in [
+            ("paths", &ks.paths, records),
+            ("outbox", &ks.outbox, records),
+            ("receiver", &ks.receiver, records),
+            ("expiry", &ks.expiry, records),
+            ("tags", &ks.tags, tagged),
+        ] {
+            let mut count = 0usize;
+            for guard in snap.iter(keyspace) {
+                let (key, value) = guard.into_inner().map_err(fjall_error)?;
+                let valid = if name == "paths" { value.len() == 8 } else { value.is_empty() && key.len() >= 8 };
+                if !valid {
+                    return Err(corrupted(name, "malformed entry"));
+                }
+                count += 1;
+            }
+            if count != expected {
+                return Err(corrupted(name, format_args!("{count} entries for {expected} records")));
+            }
+        }
+        for guard in snap.iter(&ks.pulls) {
+            let (key, value) = guard.into_inner().map_err(fjall_error)?;
+            let seq = be_u64(&key, "pulls")?;
+            decode_pulls(&value)?;
+            if !snap.contains_key(&ks.records, seq_key(seq)).map_err(fjall_error)? {
+                return Err(corrupted("pulls", format_args!("read count for missing record {seq}")));
+            }
+        }
+        for guard in snap.iter(&ks.owners) {
+            let (key, value) = guard.into_inner().map_err(fjall_error)?;
+            let stored = decode_usage_counters(&value, "owners")?;
+            let owner: [u8; KEY_LEN] =
+                (*key).try_into().map_err(|_| corrupted("owners", "key is not a public key"))?;
+            if owners.remove(&owner) != Some(stored) {
+                return Err(corrupted("owners", "counters do not match the records"));
+            }
+        }
+        if !owners.is_empty() {
+            return Err(corrupted("owners", "counters missing for some owners"));
+        }
+        for guard in snap.iter(&ks.usage) {
+            let (key, value) = guard.into_inner().map_err(fjall_error)?;
+            usage_key_read_at(&key)?;
+            decode_usage(&value)?;
+        }
+        for guard in snap.iter(&ks.accounts) {
+            let (key, value) = guard.into_inner().map_err(fjall_error)?;
+            let account_key =
+                PublicKey::from_slice(&key).map_err(|_| corrupted("accounts", "key is not a public key"))?;
+            decode_account(account_key, &value)?;
+        }
+        let meta_totals = match snap.get(&ks.meta, TOTALS_KEY).map_err(fjall_error)? {
+            Some(v) => decode_usage_counters(&v, "meta")?,
+            None => return Err(corrupted("meta", "totals missing")),
+        };
+        if meta_totals != totals {
+            return Err(corrupted("meta", format_args!("totals {meta_totals:?} but records add up to {totals:?}")));
+        }
+        if highest > self.last_seq() {
+            return Err(corrupted("meta", "a record has a sequence number above the last one assigned"));
+        }
+        Ok(totals)
+    }
+
+    /// Looks up the live record at a path as of `snap`.
+    fn lookup(
+        &self,
+        snap: &Snapshot,
+        owner: &PublicKey,
+        receiver: &PublicKey,
+        record_id: &str,
+    ) -> Result<Option<(u64, fjall::Slice)>, StoreError> {
+        let Some(seq) = snap.get(&self.ks.paths, path_key(owner, receiver, record_id)).map_err(fjall_error)? else {
+            return Ok(None);
+        };
+        let seq = be_u64(&seq, "paths")?;
+        let value = snap
+            .get(&self.ks.records, seq_key(seq))
+            .map_err(fjall_error)?
+            .ok_or_else(|| corrupted("paths", format_args!("entry for seq {seq} has no record")))?;
+        Ok(Some((seq, value)))
+    }
+}
+
+fn check_format(format: &[u8], dir: &Path) -> Result<(), StoreError> {
+    if format == FORMAT.as_bytes() {
+        return Ok(());
+    }
+    let text = String::from_utf8_lossy(format);
+    if let Some(version) = text.strip_prefix(FORMAT_PREFIX).and_then(|v| v.parse::<u64>().ok()) {
+        return Err(StoreError::Corrupted(format!(
+            "{} holds a store of format v{version}; this build reads only v{FORMAT_VERSION}",
+            dir.display()
+        )));
+    }
+    Err(StoreError::Corrupted(format!("{} is not a Pigeonhole store: format marker {text:?}", dir.display())))
+}
+
+fn unique_suffix() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default();
+    nanos ^ (COUNTER.fetch_add(1, Ordering::Relaxed) << 48)
+}
+
+impl Store for FjallStore {
+    fn put_batch(&self, batch: &[NewRecord]) -> Result<Vec<PutOutcome>, StoreError> {
+        for record in batch {
+            check_new_record(record)?;
+        }
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut state = self.write.lock();
+        let mut change = Change::new(self)?;
+        let mut next = state.last_seq;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        // Paths stored earlier in this batch: the first write at a path in a batch wins.
+        let mut in_batch: HashMap<Vec<u8>, (u64, &NewRecord)> = HashMap::new();
+        for record in batch {
+            let path = path_key(&record.owner, &record.receiver, &record.record_id);
+            if let Some(&(seq, earlier)) = in_batch.get(&path) {
+                outcomes.push(if earlier.record_hash == record.record_hash {
+                    PutOutcome::Duplicate { seq, stored_at: earlier.stored_at, expires_at: earlier.expires_at }
+                } else {
+                    PutOutcome::Conflict
+                });
+                continue;
+            }
+            if let Some(seq) = change.seq_at(&path)? {
+                let value = change
+                    .record(seq)?
+                    .ok_or_else(|| corrupted("paths", format_args!("entry for seq {seq} has no record")))?;
+                let (existing, _) = decode_record(&value)?;
+                if existing.expires_at > record.stored_at {
+                    outcomes.push(if existing.record_hash == record.record_hash {
+                        PutOutcome::Duplicate {
+                            seq,
+                            stored_at: existing.stored_at,
+                            expires_at: existing.expires_at,
+                        }
+                    } else {
+                        PutOutcome::Conflict
+                    });
+                    continue;
+                }
+                // Expired by the time this write was accepted: the path is free again.
+                change.remove(seq, &existing, true)?;
+            }
+            next += 1;
+            change.insert(next, record, path.clone())?;
+            in_batch.insert(path, (next, record));
+            outcomes.push(PutOutcome::Stored { seq: next });
+        }
+        if next != state.last_seq {
+            self.commit(&mut state, change, Some(next))?;
+        }
+        Ok(outcomes)
+    }
+
+    fn get(
+        &self,
+        owner: &PublicKey,
+        receiver: &PublicKey,
+        record_id: &str,
+        now: u64,
+    ) -> Result<Option<StoredRecord>, StoreError> {
+        let snap = self.db.snapshot();
+        let Some((seq, value)) = self.lookup(&snap, owner, receiver, record_id)? else { return Ok(None) };
+        let (meta, bytes) = decode_record(&value)?;
+        if meta.expires_at <= now {
+            return Ok(None);
+        }
+        let pulls = self.pulls(&snap, seq)?;
+        Ok(Some(StoredRecord { meta: meta.into_meta(seq, pulls), bytes: bytes.to_vec() }))
+    }
+
+    fn list(&self, query: &ListQuery, now: u64) -> Result<Vec<RecordMeta>, StoreError> {
+        let Some(from) = query.after_seq.checked_add(1) else { return Ok(Vec::new()) };
+        let snap = self.db.snapshot();
+        self.walk(
+            &snap,
+            ("outbox", &self.ks.outbox),
+            seq_range(&outbox_prefix(&query.owner, &query.receiver), from),
+            now,
+            query.limit,
+            |m| m.owner == query.owner && m.receiver == query.receiver,
+            |m| {
+                query.after_ts.is_none_or(|ts| m.stored_at > ts) && query.before_ts.is_none_or(|ts| m.stored_at < ts)
+            },
+            |seq, meta, pulls, _| meta.into_meta(seq, pulls),
+        )
+    }
+
+    fn fetch_after(
+        &self,
+        owner: &PublicKey,
+        receiver: &PublicKey,
+        after_seq: u64,
+        limit: usize,
+        now: u64,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        let Some(from) = after_seq.checked_add(1) else { return Ok(Vec::new()) };
+        let snap = self.db.snapshot();
+        self.walk(
+            &snap,
+            ("outbox", &self.ks.outbox),
+            seq_range(&outbox_prefix(owner, receiver), from),
+            now,
+            limit,
+            |m| m.owner == *owner && m.receiver == *receiver,
+            |_| true,
+            |seq, meta, pulls, bytes| StoredRecord { meta: meta.into_meta(seq, pulls), bytes: bytes.to_vec() },
+        )
+    }
+
+    fn fetch_for_receiver(
+        &self,
+        receiver: &PublicKey,
+        after_seq: u64,
+        limit: usize,
+        now: u64,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        let Some(from) = after_seq.checked_add(1) else { return Ok(Vec::new()) };
+        let snap = self.db.snapshot();
+        self.walk(
+            &snap,
+            ("receiver", &self.ks.receiver),
+            seq_range(&receiver.to_bytes(), from),
+            now,
+            limit,
+            |m| m.receiver == *receiver,
+            |_| true,
+            |seq, meta, pulls, bytes| StoredRecord { meta: meta.into_meta(seq, pulls), bytes: bytes.to_vec() },
+        )
+    }
+
+    fn list_by_tag(&self, tag: &Tag, after_seq: u64, limit: usize, now: u64) -> Result<Vec<RecordMeta>, StoreError> {
+        let Some(from) = after_seq.checked_add(1) else { return Ok(Vec::new()) };
+        let snap = self.db.snapshot();
+        self.walk(
+            &snap,
+            ("tags", &self.ks.tags),
+            seq_range(&tag.0, from),
+            now,
+            limit,
+            |m| m.tag.as_ref() == Some(tag),
+            |_| true,
+            |seq, meta, pulls, _| meta.into_meta(seq, pulls),
+        )
+    }
+
+    fn read(
+        &self,
+        owner: &PublicKey,
+        receiver: &PublicKey,
+        record_id: &str,
+        now: u64,
+    ) -> Result<ReadOutcome, StoreError> {
+        let mut state = self.write.lock();
+        let mut change = Change::new(self)?;
+        let Some((seq, value)) = self.lookup(&change.snap, owner, receiver, record_id)? else {
+            return Ok(ReadOutcome::NotFound);
+        };
+        let (meta, bytes) = decode_record(&value)?;
+        if meta.expires_at <= now {
+            return Ok(ReadOutcome::NotFound);
+        }
+        let pulls = self.pulls(&change.snap, seq)?.saturating_add(1);
+        let exhausted = meta.max_pulls != 0 && pulls >= meta.max_pulls;
+        let counter = state.commit + 1;
+        change.batch.insert(
+            &self.ks.usage,
+            usage_key(owner, now, counter),
+            encode_usage(receiver, meta.size, record_id),
+        );
+        if exhausted {
+            change.remove(seq, &meta, false)?;
+        } else {
+            change.batch.insert(&self.ks.pulls, seq_key(seq), pulls.to_be_bytes());
+        }
+        let record = StoredRecord { meta: meta.into_meta(seq, pulls), bytes: bytes.to_vec() };
+        self.commit(&mut state, change, None)?;
+        Ok(ReadOutcome::Served { record, exhausted })
+    }
+
+    fn delete(&self, owner: &PublicKey, receiver: &PublicKey, record_id: &str) -> Result<bool, StoreError> {
+        let mut state = self.write.lock();
+        let mut change = Change::new(self)?;
+        let Some((seq, value)) = self.lookup(&change.snap, owner, receiver, record_id)? else {
+            return Ok(false);
+        };
+        let (meta, _) = decode_record(&value)?;
+        change.remove(seq, &meta, false)?;
+        self.commit(&mut state, change, None)?;
+        Ok(true)
+    }
+
+    fn expire(&self, now: u64, limit: usize) -> Result<usize, StoreError> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        let mut state = self.write.lock();
+        let mut change = Change::new(self)?;
+        let mut due = Vec::new();
+        for guard in change.snap.range(&self.ks.expiry, ..=expiry_key(now, u64::MAX)).take(limit) {
+            let key = guard.key().map_err(fjall_error)?;
+            due.push(seq_suffix(&key, "expiry")?);
+        }
+        for &seq in &due {
+            let value = change
+                .record(seq)?
+                .ok_or_else(|| corrupted("expiry", format_args!("entry for seq {seq} has no record")))?;
+            let (meta, _) = decode_record(&value)?;
+            change.remove(seq, &meta, false)?;
+        }
+        if !due.is_empty() {
+            self.commit(&mut state, change, None)?;
+        }
+        Ok(due.len())
+    }
+
+    fn usage(
+        &self,
+        owner: &PublicKey,
+        after_ts: Option<u64>,
+        before_ts: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        let first = match after_ts {
+            None => 0,
+            Some(ts) => match ts.checked_add(1) {
+                Some(first) => first,
+                None => return Ok(Vec::new()),
+            },
+        };
+        let last = match before_ts {
+            None => u64::MAX,
+            Some(ts) => match ts.checked_sub(1) {
+                Some(last) => last,
+                None => return Ok(Vec::new()),
+            },
+        };
+        if first > last || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let range = usage_key(owner, first, 0)..=usage_key(owner, last, u64::MAX);
+        let mut out = Vec::new();
+        for guard in self.ks.usage.range(range) {
+            let (key, value) = guard.into_inner().map_err(fjall_error)?;
+            let read_at = usage_key_read_at(&key)?;
+            let (receiver, bytes, record_id) = decode_usage(&value)?;
+            out.push(UsageRow { owner: *owner, receiver, record_id, bytes, read_at });
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn put_account(&self, account: &Account) -> Result<(), StoreError> {
+        let mut state = self.write.lock();
+        let mut change = Change::new(self)?;
+        change.batch.insert(&self.ks.accounts, account.key.to_bytes(), encode_account(account));
+        self.commit(&mut state, change, None)
+    }
+
+    fn account(&self, key: &PublicKey) -> Result<Option<Account>, StoreError> {
+        match self.ks.accounts.get(key.to_bytes()).map_err(fjall_error)? {
+            Some(v) => Ok(Some(decode_account(*key, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn owner_usage(&self, owner: &PublicKey) -> Result<Usage, StoreError> {
+        match self.ks.owners.get(owner.to_bytes()).map_err(fjall_error)? {
+            Some(v) => decode_usage_counters(&v, "owners"),
+            None => Ok(Usage::default()),
+        }
+    }
+
+    fn totals(&self) -> Result<Usage, StoreError> {
+        match self.ks.meta.get(TOTALS_KEY).map_err(fjall_error)? {
+            Some(v) => decode_usage_counters(&v, "meta"),
+            None => Err(corrupted("meta", "totals missing")),
+        }
+    }
+
+    fn last_seq(&self) -> u64 {
+        self.last_seq.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pigeonhole_proto::keys::SecretKey;
+
+    #[test]
+    fn conformance() {
+        crate::conformance::run_all(|| FjallStore::temporary().expect("temporary store"));
+    }
+
+    fn key(n: u8) -> PublicKey {
+        SecretKey::from_bytes(&[n; 32]).expect("valid secret").public_key()
+    }
+
+    fn record(owner: u8, id: &str, len: usize) -> NewRecord {
+        NewRecord {
+            owner: key(owner),
+            receiver: key(100),
+            record_id: id.to_owned(),
+            tag: Some(Tag([owner; 20])),
+            stored_at: 1,
+            expires_at: u64::MAX,
+            max_pulls: 0,
+            record_hash: [owner; 32],
+            bytes: (0..len).map(|i| (i as u8) ^ id.len() as u8 ^ owner).collect(),
+        }
+    }
+
+    /// Writes `batches` batches of `per_batch` records of `len` bytes; returns them.
+    fn fill(store: &FjallStore, batches: usize, per_batch: usize, len: usize) -> Vec<NewRecord> {
+        let mut all = Vec::new();
+        for b in 0..batches {
+            let batch: Vec<_> = (0..per_batch).map(|i| record((i % 3) as u8 + 1, &format!("r{b}-{i}"), len)).collect();
+            let out = store.put_batch(&batch).expect("put");
+            assert!(out.iter().all(|o| matches!(o, PutOutcome::Stored { .. })));
+            all.extend(batch);
+        }
+        all
+    }
+
+    fn assert_corrupted(result: Result<FjallStore, StoreError>, needle: &str) -> String {
+        match result {
+            Err(StoreError::Corrupted(msg)) => {
+                assert!(msg.contains(needle), "message {msg:?} should mention {needle:?}");
+                msg
+            }
+            Err(other) => panic!("expected Corrupted, got {other:?}"),
+            Ok(store) => panic!("expected Corrupted, but the store opened: {store:?}"),
+        }
+    }
+
+    fn largest_file(dir: &Path) -> PathBuf {
+        fn walk(dir: &Path, best: &mut Option<(u64, PathBuf)>) {
+            for entry in fs::read_dir(dir).expect("read_dir") {
+                let entry = entry.expect("entry");
+                let meta = entry.metadata().expect("metadata");
+                if meta.is_dir() {
+                    walk(&entry.path(), best);
+                } else if best.as_ref().is_none_or(|(len, _)| meta.len() > *len) {
+                    *best = Some((meta.len(), entry.path()));
+                }
+            }
+        }
+        let mut best = None;
+        walk(dir, &mut best);
+        best.expect("a file").1
+    }
+
+    /// The journal is preallocated with zeros: its data ends after the last non-zero byte.
+    fn journal_data_len(bytes: &[u8]) -> usize {
+        bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1)
+    }
+
+    fn with_raw_db(dir: &Path, f: impl FnOnce(&Database)) {
+        let db = Database::builder(dir).open().expect("raw open");
+        f(&db);
+        db.persist(PersistMode::SyncAll).expect("persist");
+    }
+
+    #[test]
+    fn reopen_keeps_everything_and_continues_the_sequence() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("store");
+        let (records, last) = {
+            let store = FjallStore::open(&path).expect("open");
+            let records = fill(&store, 5, 20, 300);
+            let last = store.last_seq();
+            assert_eq!(last, 100);
+            store
+                .put_account(&Account {
+                    key: key(1),
+                    status: crate::AccountStatus::Active,
+                    created_at: 5,
+                    max_bytes: 6,
+                    max_records_per_day: 7,
+                })
+                .expect("account");
+            assert!(matches!(
+                store.read(&key(1), &key(100), "r0-0", 77).expect("read"),
+                ReadOutcome::Served { .. }
+            ));
+            // Delete the newest record: its number must not come back after a restart.
+            let newest = &records[99];
+            assert!(store.delete(&newest.owner, &newest.receiver, &newest.record_id).expect("delete"));
+            store.verify().expect("verify");
+            (records, last)
+        };
+        for round in 0..3 {
+            let store = FjallStore::open(&path).expect("reopen");
+            assert_eq!(store.last_seq(), last + round);
+            for (i, r) in records.iter().enumerate().take(99) {
+                let got = store.get(&r.owner, &r.receiver, &r.record_id, 0).expect("get").expect("present");
+                assert_eq!(got.bytes, r.bytes);
+                assert_eq!(got.meta.seq, i as u64 + 1);
+            }
+            assert_eq!(store.get(&key(1), &key(100), "r0-0", 0).expect("get").expect("present").meta.pulls, 1);
+            assert_eq!(store.usage(&key(1), None, None, 10).expect("usage").len(), 1);
+            assert_eq!(store.account(&key(1)).expect("account").expect("present").max_records_per_day, 7);
+            assert_eq!(store.totals().expect("totals"), Usage { records: 99 + round, bytes: 300 * (99 + round) });
+            assert_eq!(store.verify().expect("verify"), store.totals().expect("totals"));
+            let seq = stored_seq(&store.put_batch(&[record(9, &format!("new{round}"), 300)]).expect("put")[0]);
+            assert_eq!(seq, last + round + 1, "numbering continues above every earlier number");
+        }
+    }
+
+    fn stored_seq(outcome: &PutOutcome) -> u64 {
+        match outcome {
+            PutOutcome::Stored { seq } => *seq,
+            other => panic!("expected Stored, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn records_flushed_to_tables_survive_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let records = {
+            let store = FjallStore::open(dir.path()).expect("open");
+            let records = fill(&store, 4, 50, 1_000);
+            for (_, ks) in store.ks.all() {
+                ks.rotate_memtable_and_wait().expect("flush");
+            }
+            records
+        };
+        let store = FjallStore::open_with(dir.path(), FjallConfig { verify_on_open: true, ..Default::default() })
+            .expect("reopen");
+        for r in &records {
+            assert_eq!(store.get(&r.owner, &r.receiver, &r.record_id, 0).expect("get").expect("present").bytes, r.bytes);
+        }
+    }
+
+    #[test]
+    fn refuses_directories_that_are_not_stores() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join("notes.txt"), b"hello").expect("write");
+        assert_corrupted(FjallStore::open(dir.path()), "not a Pigeonhole store");
+        assert!(!dir.path().join(FJALL_MARKER).exists(), "nothing was created in the foreign directory");
+
+        // Garbage with the names of the engine's files.
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join(FJALL_MARKER), b"\x00garbage").expect("write");
+        fs::write(dir.path().join("0.jnl"), b"garbage garbage garbage").expect("write");
+        assert_corrupted(FjallStore::open(dir.path()), "");
+
+        // A directory where a journal should be: the engine asserts; open reports it.
+        let dir = tempfile::tempdir().expect("tempdir");
+        FjallStore::open(dir.path()).expect("create");
+        fs::create_dir(dir.path().join("7.jnl")).expect("mkdir");
+        assert_corrupted(FjallStore::open(dir.path()), "");
+
+        // Another application's fjall database.
+        let dir = tempfile::tempdir().expect("tempdir");
+        with_raw_db(dir.path(), |db| {
+            db.keyspace("items", KeyspaceCreateOptions::default).expect("ks").insert("a", "b").expect("insert");
+        });
+        assert_corrupted(FjallStore::open(dir.path()), "keyspace");
+
+        // Our keyspaces with data but no format marker.
+        let dir = tempfile::tempdir().expect("tempdir");
+        with_raw_db(dir.path(), |db| {
+            db.keyspace("records", KeyspaceCreateOptions::default).expect("ks").insert("a", "b").expect("insert");
+        });
+        assert_corrupted(FjallStore::open(dir.path()), "no format marker");
+    }
+
+    #[test]
+    fn a_creation_interrupted_before_the_format_marker_completes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        with_raw_db(dir.path(), |db| {
+            db.keyspace("records", KeyspaceCreateOptions::default).expect("ks");
+        });
+        let store = FjallStore::open(dir.path()).expect("open");
+        fill(&store, 1, 3, 10);
+        drop(store);
+        assert_eq!(FjallStore::open(dir.path()).expect("reopen").last_seq(), 3);
+    }
+
+    #[test]
+    fn refuses_other_format_versions_and_garbage_meta() {
+        let cases: [(&[u8], &[u8], &str); 6] = [
+            (FORMAT_KEY, b"pigeonhole-store v999", "format v999"),
+            (FORMAT_KEY, b"pigeonhole-store v0", "format v0"),
+            (FORMAT_KEY, b"\xff\xfe garbage", "not a Pigeonhole store"),
+            (COMMIT_KEY, b"1234567", "meta"),
+            (LAST_SEQ_KEY, b"", "meta"),
+            (TOTALS_KEY, b"garbage", "meta"),
+        ];
+        for (meta_key, value, needle) in cases {
+            let dir = tempfile::tempdir().expect("tempdir");
+            fill(&FjallStore::open(dir.path()).expect("create"), 2, 5, 100);
+            with_raw_db(dir.path(), |db| {
+                let meta = db.keyspace("meta", KeyspaceCreateOptions::default).expect("meta");
+                meta.insert(meta_key, value).expect("insert");
+            });
+            assert_corrupted(FjallStore::open(dir.path()), needle);
+        }
+        // A missing format marker on a store with data.
+        let dir = tempfile::tempdir().expect("tempdir");
+        fill(&FjallStore::open(dir.path()).expect("create"), 1, 5, 100);
+        with_raw_db(dir.path(), |db| {
+            let meta = db.keyspace("meta", KeyspaceCreateOptions::default).expect("meta");
+            meta.remove(FORMAT_KEY).expect("remove");
+        });
+        assert_corrupted(FjallStore::open(dir.path()), "format marker is gone");
+    }
+
+    #[test]
+    fn detects_a_truncated_journal() {
+        for keep in [0.0, 0.5, 0.9, 0.999] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            fill(&FjallStore::open(dir.path()).expect("create"), 10, 10, 1_000);
+            let file = largest_file(dir.path());
+            assert!(file.extension().is_some_and(|e| e == "jnl"), "largest file is {file:?}");
+            let len = journal_data_len(&fs::read(&file).expect("read")) as u64;
+            let f = OpenOptions::new().write(true).open(&file).expect("open");
+            f.set_len(((len as f64) * keep) as u64).expect("truncate");
+            drop(f);
+            let msg = assert_corrupted(FjallStore::open(dir.path()), "");
+            assert!(msg.contains("lost acknowledged writes") || msg.contains("journal"), "{msg}");
+            // And again: the damage is not forgotten after a failed open.
+            assert_corrupted(FjallStore::open(dir.path()), "");
+        }
+    }
+
+    #[test]
+    fn detects_flipped_bytes_in_the_journal() {
+        for (at, byte) in [(0.5, 0xff), (0.1, 0x01), (0.75, 0x80), (0.0, 0xff), (0.99, 0x55)] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            fill(&FjallStore::open(dir.path()).expect("create"), 10, 10, 1_000);
+            let file = largest_file(dir.path());
+            let mut bytes = fs::read(&file).expect("read");
+            let len = journal_data_len(&bytes);
+            let pos = ((len as f64) * at) as usize;
+            for b in &mut bytes[pos..(pos + 4).min(len)] {
+                *b ^= byte;
+            }
+            fs::write(&file, bytes).expect("write");
+            assert_corrupted(FjallStore::open(dir.path()), "");
+        }
+    }
+
+    /// Damage in a table is found by the checksums when the damaged block is read: either
+    /// the store refuses to open, or verification and the reads of the damaged records
+    /// fail; no read returns wrong bytes.
+    #[test]
+    fn detects_damaged_tables() {
+        for mode in ["flip-middle", "flip-start", "flip-end", "truncate"] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let records = {
+                let store = FjallStore::open(dir.path()).expect("create");
+                let records = fill(&store, 4, 50, 1_000);
+                for (_, ks) in store.ks.all() {
+                    ks.rotate_memtable_and_wait().expect("flush");
+                }
+                records
+            };
+            let file = largest_file(&dir.path().join("keyspaces"));
+            let mut bytes = fs::read(&file).expect("read");
+            let len = bytes.len();
+            match mode {
+                "flip-middle" => bytes[len / 2] ^= 0x10,
+                "flip-start" => bytes[10] ^= 0x01,
+                "flip-end" => bytes[len - 10] ^= 0x40,
+                _ => bytes.truncate(len / 3),
+            }
+            fs::write(&file, bytes).expect("write");
+            let store = match FjallStore::open(dir.path()) {
+                Err(StoreError::Corrupted(_)) => continue,
+                Err(other) => panic!("{mode}: expected Corrupted, got {other:?}"),
+                Ok(store) => store,
+            };
+            assert!(matches!(store.verify(), Err(StoreError::Corrupted(_))), "{mode}: verify must fail");
+            let mut failed = 0;
+            for r in &records {
+                match store.get(&r.owner, &r.receiver, &r.record_id, 0) {
+                    Ok(Some(got)) => assert_eq!(got.bytes, r.bytes, "{mode}: wrong bytes served"),
+                    Ok(None) => panic!("{mode}: {} silently missing", r.record_id),
+                    Err(StoreError::Corrupted(_)) => failed += 1,
+                    Err(other) => panic!("{mode}: expected Corrupted, got {other:?}"),
+                }
+            }
+            let _ = failed;
+        }
+    }
+
+    #[test]
+    fn the_commit_witness_is_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fill(&FjallStore::open(dir.path()).expect("create"), 2, 2, 10);
+        let witness = dir.path().join(WITNESS_FILE);
+        let good = fs::read(&witness).expect("read");
+        assert_eq!(Witness::decode(&good), Some(2));
+        fs::write(&witness, b"garbage").expect("write");
+        assert_corrupted(FjallStore::open(dir.path()), "witness");
+        fs::remove_file(&witness).expect("remove");
+        assert_corrupted(FjallStore::open(dir.path()), "witness");
+        // A witness ahead of the store: acknowledged writes are missing.
+        fs::write(&witness, Witness::encode(3)).expect("write");
+        assert_corrupted(FjallStore::open(dir.path()), "lost acknowledged writes");
+        // A stale witness (as after a power loss) is fine, and is brought up to date.
+        fs::write(&witness, Witness::encode(1)).expect("write");
+        let store = FjallStore::open(dir.path()).expect("open");
+        store.put_batch(&[record(1, "one-more", 10)]).expect("put");
+        assert_eq!(Witness::decode(&fs::read(&witness).expect("read")), Some(3));
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_directory_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _store = FjallStore::open(dir.path()).expect("open");
+        match FjallStore::open(dir.path()) {
+            Err(StoreError::Io(msg)) => assert!(msg.contains("another process"), "{msg}"),
+            other => panic!("expected Io, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn maps_errors() {
+        let full = io::Error::from(io::ErrorKind::StorageFull);
+        assert!(matches!(io_error(full, "x"), StoreError::Full));
+        assert!(matches!(io_error(io::Error::from_raw_os_error(28), "x"), StoreError::Full), "ENOSPC");
+        assert!(matches!(io_error(io::Error::from(io::ErrorKind::QuotaExceeded), "x"), StoreError::Full));
+        assert!(matches!(io_error(io::Error::from(io::ErrorKind::UnexpectedEof), "x"), StoreError::Corrupted(_)));
+        assert!(matches!(io_error(io::Error::from(io::ErrorKind::PermissionDenied), "x"), StoreError::Io(_)));
+        assert!(matches!(fjall_error(fjall::Error::Io(io::Error::from_raw_os_error(28))), StoreError::Full));
+        assert!(matches!(fjall_error(fjall::Error::InvalidTrailer), StoreError::Corrupted(_)));
+        assert!(matches!(fjall_error(fjall::Error::Unrecoverable), StoreError::Corrupted(_)));
+        assert!(matches!(
+            fjall_error(fjall::Error::JournalRecovery(fjall::JournalRecoveryError::ChecksumMismatch)),
+            StoreError::Corrupted(_)
+        ));
+        assert!(matches!(
+            fjall_error(fjall::Error::Storage(fjall::LsmError::InvalidHeader("x"))),
+            StoreError::Corrupted(_)
+        ));
+        assert!(matches!(fjall_error(fjall::Error::Poisoned), StoreError::Io(_)));
+        // After a write failed for lack of space, the engine's refusals are `Full` too.
+        let store = FjallStore::temporary().expect("store");
+        assert!(matches!(store.write_error(fjall::Error::Poisoned), StoreError::Io(_)));
+        assert!(matches!(store.write_error(fjall::Error::Io(io::Error::from_raw_os_error(28))), StoreError::Full));
+        assert!(matches!(store.write_error(fjall::Error::Poisoned), StoreError::Full));
+    }
+
+    #[test]
+    fn temporary_stores_clean_up() {
+        let store = FjallStore::temporary().expect("store");
+        let dir = store.dir().to_path_buf();
+        fill(&store, 1, 1, 10);
+        assert!(dir.exists());
+        drop(store);
+        assert!(!dir.exists());
+    }
+}

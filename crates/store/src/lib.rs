@@ -1,0 +1,285 @@
+//! Relay storage: the [`Store`] trait that the relay engine uses, its embedded backend on
+//! fjall (an LSM tree, chosen by measurement: see `ARCHITECTURE.md`), an in-memory backend for
+//! engine tests, and a conformance suite every backend must pass.
+//!
+//! A store keeps outbox records under `/owner/outbox/receiver/recordId`, assigns each a
+//! monotonic sequence number, indexes them by path, by outbox and sequence, by expiry and by
+//! tag, counts reads against a pull limit, keeps the usage log that usage reports are built
+//! from, and holds relay accounts. It knows nothing of HTTP, signatures or policy.
+
+use pigeonhole_proto::keys::PublicKey;
+use pigeonhole_proto::tag::Tag;
+
+mod codec;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+mod fjall_store;
+mod memory_store;
+
+pub use fjall_store::{FjallConfig, FjallStore};
+pub use memory_store::MemoryStore;
+
+/// A record accepted by the relay, ready to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRecord {
+    /// Outbox owner (the writer).
+    pub owner: PublicKey,
+    /// Receiver.
+    pub receiver: PublicKey,
+    /// Record id (already validated by the protocol rules).
+    pub record_id: String,
+    /// Optional 160-bit tag (indexed).
+    pub tag: Option<Tag>,
+    /// When the relay accepted it (unix ms).
+    pub stored_at: u64,
+    /// When it expires (unix ms).
+    pub expires_at: u64,
+    /// Reads allowed before it is deleted; 0 means unlimited.
+    pub max_pulls: u32,
+    /// `Message::record_hash` of the write; equal hashes at the same path mean the same write.
+    pub record_hash: [u8; 32],
+    /// The bytes served to the receiver (opaque to the store).
+    pub bytes: Vec<u8>,
+}
+
+/// What happened to one record of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// Stored under a new sequence number.
+    Stored {
+        /// The assigned sequence number.
+        seq: u64,
+    },
+    /// The same write (same path, same record hash) is already stored: nothing changed.
+    Duplicate {
+        /// The existing record's sequence number.
+        seq: u64,
+        /// The existing record's `stored_at`.
+        stored_at: u64,
+        /// The existing record's `expires_at`.
+        expires_at: u64,
+    },
+    /// A different record already has this path: nothing changed.
+    Conflict,
+}
+
+/// A record's metadata, as inventory lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordMeta {
+    /// Sequence number.
+    pub seq: u64,
+    /// Outbox owner.
+    pub owner: PublicKey,
+    /// Receiver.
+    pub receiver: PublicKey,
+    /// Record id.
+    pub record_id: String,
+    /// Tag, if any.
+    pub tag: Option<Tag>,
+    /// Accepted at (unix ms).
+    pub stored_at: u64,
+    /// Expires at (unix ms).
+    pub expires_at: u64,
+    /// Reads allowed (0 = unlimited).
+    pub max_pulls: u32,
+    /// Reads so far.
+    pub pulls: u32,
+    /// Size of the stored bytes.
+    pub size: u32,
+    /// Record hash.
+    pub record_hash: [u8; 32],
+}
+
+/// A record with its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    /// Metadata.
+    pub meta: RecordMeta,
+    /// The bytes given at write time.
+    pub bytes: Vec<u8>,
+}
+
+/// Which records of one outbox to list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListQuery {
+    /// Outbox owner.
+    pub owner: PublicKey,
+    /// Receiver.
+    pub receiver: PublicKey,
+    /// Only `seq > after_seq`.
+    pub after_seq: u64,
+    /// Only `stored_at > after_ts`, if set.
+    pub after_ts: Option<u64>,
+    /// Only `stored_at < before_ts`, if set.
+    pub before_ts: Option<u64>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+/// One read, as logged for usage reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageRow {
+    /// Outbox owner (the account billed).
+    pub owner: PublicKey,
+    /// Who read.
+    pub receiver: PublicKey,
+    /// Which record.
+    pub record_id: String,
+    /// Bytes served.
+    pub bytes: u32,
+    /// When (unix ms).
+    pub read_at: u64,
+}
+
+/// Result of counting one read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant, reason = "a read is served right away; boxing would add an allocation")]
+pub enum ReadOutcome {
+    /// No such record (or already expired or exhausted).
+    NotFound,
+    /// The record, served; `meta.pulls` includes this read. If this read used up the pull
+    /// limit, the record has been deleted and `exhausted` is true.
+    Served {
+        /// The record.
+        record: StoredRecord,
+        /// Whether this was the last allowed read.
+        exhausted: bool,
+    },
+}
+
+/// How an account may use the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountStatus {
+    /// May write.
+    Active,
+    /// Registered but may not write (suspended by the operator, or a lapsed contract).
+    Suspended,
+}
+
+/// A relay account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    /// The account's key.
+    pub key: PublicKey,
+    /// Status.
+    pub status: AccountStatus,
+    /// When it was created (unix ms).
+    pub created_at: u64,
+    /// Quota: bytes stored at once (0 = the relay default).
+    pub max_bytes: u64,
+    /// Quota: records accepted per day (0 = the relay default).
+    pub max_records_per_day: u32,
+}
+
+/// Totals over the store, or over one owner's outboxes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Records stored.
+    pub records: u64,
+    /// Bytes of record data stored.
+    pub bytes: u64,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The disk is full (or the quota of the filesystem is reached): writes fail, reads work.
+    #[error("storage is full")]
+    Full,
+    /// The data on disk is damaged or was written by an incompatible version.
+    #[error("store is corrupted or incompatible: {0}")]
+    Corrupted(String),
+    /// Any other I/O failure of the backend.
+    #[error("storage I/O error: {0}")]
+    Io(String),
+}
+
+/// The storage a relay runs on. Implementations are internally synchronized; the relay calls
+/// [`Store::put_batch`] from one commit thread and everything else from many threads.
+pub trait Store: Send + Sync + 'static {
+    /// Stores a batch atomically and **durably**: when this returns `Ok`, every `Stored`
+    /// record survives a crash (kill -9, power loss after the call returned). Sequence
+    /// numbers are assigned in batch order and are greater than every earlier one.
+    fn put_batch(&self, batch: &[NewRecord]) -> Result<Vec<PutOutcome>, StoreError>;
+
+    /// The record at a path, if stored and not expired at `now`.
+    fn get(
+        &self,
+        owner: &PublicKey,
+        receiver: &PublicKey,
+        record_id: &str,
+        now: u64,
+    ) -> Result<Option<StoredRecord>, StoreError>;
+
+    /// Records of one outbox, in sequence order, not expired at `now`.
+    fn list(&self, query: &ListQuery, now: u64) -> Result<Vec<RecordMeta>, StoreError>;
+
+    /// Records (with bytes) of one outbox with `seq > after_seq`, in order, not expired at `now`.
+    fn fetch_after(
+        &self,
+        owner: &PublicKey,
+        receiver: &PublicKey,
+        after_seq: u64,
+        limit: usize,
+        now: u64,
+    ) -> Result<Vec<StoredRecord>, StoreError>;
+
+    /// Records (with bytes) addressed to `receiver` in every outbox, with `seq > after_seq`,
+    /// in sequence order, not expired at `now` (one listener for all of a receiver's contacts).
+    fn fetch_for_receiver(
+        &self,
+        receiver: &PublicKey,
+        after_seq: u64,
+        limit: usize,
+        now: u64,
+    ) -> Result<Vec<StoredRecord>, StoreError>;
+
+    /// Metadata of records carrying `tag`, with `seq > after_seq`, in order, not expired at `now`.
+    fn list_by_tag(
+        &self,
+        tag: &Tag,
+        after_seq: u64,
+        limit: usize,
+        now: u64,
+    ) -> Result<Vec<RecordMeta>, StoreError>;
+
+    /// Serves one read: counts it, logs it for usage reports, and deletes the record if the
+    /// read reaches its pull limit. The count and the log entry are durable when this returns.
+    fn read(
+        &self,
+        owner: &PublicKey,
+        receiver: &PublicKey,
+        record_id: &str,
+        now: u64,
+    ) -> Result<ReadOutcome, StoreError>;
+
+    /// Deletes a record; returns whether it existed.
+    fn delete(&self, owner: &PublicKey, receiver: &PublicKey, record_id: &str) -> Result<bool, StoreError>;
+
+    /// Deletes up to `limit` records whose `expires_at <= now`; returns how many.
+    fn expire(&self, now: u64, limit: usize) -> Result<usize, StoreError>;
+
+    /// Usage log of one owner's outboxes, `after_ts < read_at < before_ts`, oldest first.
+    fn usage(
+        &self,
+        owner: &PublicKey,
+        after_ts: Option<u64>,
+        before_ts: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<UsageRow>, StoreError>;
+
+    /// Creates or replaces an account (durably).
+    fn put_account(&self, account: &Account) -> Result<(), StoreError>;
+
+    /// An account, if registered.
+    fn account(&self, key: &PublicKey) -> Result<Option<Account>, StoreError>;
+
+    /// Records and bytes stored by one owner (for quotas).
+    fn owner_usage(&self, owner: &PublicKey) -> Result<Usage, StoreError>;
+
+    /// Records and bytes stored in total (for metrics).
+    fn totals(&self) -> Result<Usage, StoreError>;
+
+    /// The highest sequence number ever assigned (0 if none).
+    fn last_seq(&self) -> u64;
+}

@@ -1,0 +1,209 @@
+//! Model check: random sequences of puts, reads, deletes, expiry and account writes give the
+//! same observable results on `FjallStore` as on `MemoryStore` (the reference model), with
+//! the Fjall store closed and reopened at random points.
+//!
+//! `PROPTEST_CASES` sets the number of sequences (default 16).
+
+use pigeonhole_proto::keys::{PublicKey, SecretKey};
+use pigeonhole_proto::tag::Tag;
+use pigeonhole_store::{
+    Account, AccountStatus, FjallStore, ListQuery, MemoryStore, NewRecord, Store, StoreError,
+};
+use proptest::prelude::*;
+
+const OWNERS: u8 = 3;
+const RECEIVERS: u8 = 3;
+const IDS: u8 = 4;
+const TAGS: u8 = 2;
+const CLOCKS: [u64; 5] = [0, 40, 99, 150, 400];
+
+fn key(n: u8) -> PublicKey {
+    SecretKey::from_bytes(&[n + 1; 32]).expect("valid secret").public_key()
+}
+fn owner(i: u8) -> PublicKey {
+    key(i)
+}
+fn receiver(i: u8) -> PublicKey {
+    key(10 + i)
+}
+fn id(i: u8) -> String {
+    format!("id-{i}")
+}
+fn tag(i: u8) -> Tag {
+    Tag([i + 1; 20])
+}
+
+#[derive(Debug, Clone)]
+struct Spec {
+    owner: u8,
+    receiver: u8,
+    id: u8,
+    hash: u8,
+    tag: Option<u8>,
+    stored_at: u64,
+    ttl: u64,
+    max_pulls: u32,
+    len: usize,
+}
+
+impl Spec {
+    fn record(&self) -> NewRecord {
+        NewRecord {
+            owner: owner(self.owner),
+            receiver: receiver(self.receiver),
+            record_id: id(self.id),
+            tag: self.tag.map(tag),
+            stored_at: self.stored_at,
+            expires_at: self.stored_at + self.ttl,
+            max_pulls: self.max_pulls,
+            record_hash: [self.hash; 32],
+            bytes: (0..self.len).map(|i| (i as u8).wrapping_mul(self.hash + 3) ^ self.id).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Put(Vec<Spec>),
+    Read { owner: u8, receiver: u8, id: u8, now: u64 },
+    Delete { owner: u8, receiver: u8, id: u8 },
+    Expire { now: u64, limit: usize },
+    Account { key: u8, suspended: bool, max_bytes: u64 },
+    /// Closes and reopens the Fjall store (nothing to do for the model).
+    Reopen,
+}
+
+fn spec() -> impl Strategy<Value = Spec> {
+    (
+        (0..OWNERS, 0..RECEIVERS, 0..IDS, 0..2u8),
+        prop::option::of(0..TAGS),
+        (0..200u64, 1..200u64, 0..3u32, 0..40usize),
+    )
+        .prop_map(|((owner, receiver, id, hash), tag, (stored_at, ttl, max_pulls, len))| Spec {
+            owner,
+            receiver,
+            id,
+            hash,
+            tag,
+            stored_at,
+            ttl,
+            max_pulls,
+            len,
+        })
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => prop::collection::vec(spec(), 0..6).prop_map(Op::Put),
+        3 => (0..OWNERS, 0..RECEIVERS, 0..IDS, 0..300u64)
+            .prop_map(|(owner, receiver, id, now)| Op::Read { owner, receiver, id, now }),
+        1 => (0..OWNERS, 0..RECEIVERS, 0..IDS).prop_map(|(owner, receiver, id)| Op::Delete { owner, receiver, id }),
+        1 => (0..400u64, 0..4usize).prop_map(|(now, limit)| Op::Expire { now, limit }),
+        1 => (0..OWNERS, any::<bool>(), 0..3u64)
+            .prop_map(|(key, suspended, max_bytes)| Op::Account { key, suspended, max_bytes }),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+fn apply<S: Store>(s: &S, op: &Op) -> String {
+    let out = match op {
+        Op::Put(specs) => {
+            let batch: Vec<_> = specs.iter().map(Spec::record).collect();
+            format!("{:?}", s.put_batch(&batch))
+        }
+        Op::Read { owner: o, receiver: r, id: i, now } => {
+            format!("{:?}", s.read(&owner(*o), &receiver(*r), &id(*i), *now))
+        }
+        Op::Delete { owner: o, receiver: r, id: i } => format!("{:?}", s.delete(&owner(*o), &receiver(*r), &id(*i))),
+        Op::Expire { now, limit } => format!("{:?}", s.expire(*now, *limit)),
+        Op::Account { key: k, suspended, max_bytes } => {
+            let account = Account {
+                key: owner(*k),
+                status: if *suspended { AccountStatus::Suspended } else { AccountStatus::Active },
+                created_at: 1,
+                max_bytes: *max_bytes,
+                max_records_per_day: 2,
+            };
+            format!("{:?}", s.put_account(&account))
+        }
+        Op::Reopen => String::new(),
+    };
+    out
+}
+
+/// Everything the trait lets a caller see, as text.
+fn observe<S: Store>(s: &S) -> Result<Vec<String>, StoreError> {
+    let mut seen = vec![format!("last_seq {}", s.last_seq()), format!("totals {:?}", s.totals()?)];
+    for o in 0..OWNERS {
+        seen.push(format!("owner {o} {:?}", s.owner_usage(&owner(o))?));
+        seen.push(format!("account {o} {:?}", s.account(&owner(o))?));
+        seen.push(format!("usage {o} {:?}", s.usage(&owner(o), None, None, 1_000)?));
+        seen.push(format!("usage window {o} {:?}", s.usage(&owner(o), Some(50), Some(250), 3)?));
+        for r in 0..RECEIVERS {
+            for now in CLOCKS {
+                let query = ListQuery {
+                    owner: owner(o),
+                    receiver: receiver(r),
+                    after_seq: 0,
+                    after_ts: None,
+                    before_ts: None,
+                    limit: 1_000,
+                };
+                seen.push(format!("list {o} {r} {now} {:?}", s.list(&query, now)?));
+                let filtered = ListQuery { after_seq: 2, after_ts: Some(30), before_ts: Some(170), limit: 2, ..query };
+                seen.push(format!("list filtered {o} {r} {now} {:?}", s.list(&filtered, now)?));
+                seen.push(format!(
+                    "fetch {o} {r} {now} {:?}",
+                    s.fetch_after(&owner(o), &receiver(r), 1, 1_000, now)?
+                ));
+                for i in 0..IDS {
+                    seen.push(format!("get {o} {r} {i} {now} {:?}", s.get(&owner(o), &receiver(r), &id(i), now)?));
+                }
+            }
+        }
+    }
+    for r in 0..RECEIVERS {
+        for now in CLOCKS {
+            seen.push(format!("receiver {r} {now} {:?}", s.fetch_for_receiver(&receiver(r), 0, 1_000, now)?));
+            seen.push(format!("receiver page {r} {now} {:?}", s.fetch_for_receiver(&receiver(r), 3, 2, now)?));
+        }
+    }
+    for t in 0..TAGS {
+        for now in CLOCKS {
+            seen.push(format!("tag {t} {now} {:?}", s.list_by_tag(&tag(t), 0, 1_000, now)?));
+        }
+    }
+    Ok(seen)
+}
+
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(16)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+    #[test]
+    fn fjall_matches_the_memory_model(ops in prop::collection::vec(op(), 1..40)) {
+        let model = MemoryStore::new();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut fjall = FjallStore::open(dir.path()).expect("open");
+        for (step, op) in ops.iter().enumerate() {
+            if let Op::Reopen = op {
+                drop(fjall);
+                fjall = FjallStore::open(dir.path()).expect("reopen");
+            }
+            let expected = apply(&model, op);
+            let got = apply(&fjall, op);
+            prop_assert_eq!(&got, &expected, "step {} {:?}", step, op);
+            let expected = observe(&model).expect("model reads");
+            let got = observe(&fjall).expect("fjall reads");
+            for (g, e) in got.iter().zip(&expected) {
+                prop_assert_eq!(g, e, "after step {} {:?}", step, op);
+            }
+            prop_assert_eq!(got.len(), expected.len());
+        }
+        let totals = fjall.verify().expect("verify");
+        prop_assert_eq!(totals, model.totals().expect("totals"));
+    }
+}
