@@ -10,6 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use pigeonhole_proto::keys::Signature;
 use pigeonhole_proto::keys::{PublicKey, SecretKey};
 use pigeonhole_proto::receipt::{RelayDocument, RelayInfo, UsageEntry, UsageReport};
 use pigeonhole_proto::request::{Inventory, Listen, Message, Request, SignedMessage, Write};
@@ -35,6 +36,56 @@ pub struct RequestPath {
     pub receiver: PublicKey,
     /// `{recordId}` segment, for record paths.
     pub record_id: Option<String>,
+}
+
+/// A request whose sender is authenticated: by its own signature, or by the session it
+/// arrived on (then `sig` is `None`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// The request.
+    pub message: Message,
+    /// Its signature, when it was signed on its own.
+    pub sig: Option<Signature>,
+}
+
+impl Verified {
+    /// A signed request (signature already verified by the parser).
+    pub fn signed(signed: SignedMessage) -> Self {
+        let sig = *signed.signature();
+        Self { message: signed.into_message(), sig: Some(sig) }
+    }
+
+    /// Bytes stored for a write: the canonical request bytes, then the signature if any.
+    pub fn stored_bytes(&self) -> Vec<u8> {
+        let mut bytes = self.message.signing_bytes();
+        if let Some(sig) = &self.sig {
+            bytes.extend_from_slice(&sig.to_bytes());
+        }
+        bytes
+    }
+
+    /// Decodes bytes written by [`Verified::stored_bytes`] (from this relay's own store, so
+    /// the signature is not checked again).
+    pub fn from_stored_bytes(bytes: &[u8]) -> Result<Self, pigeonhole_proto::request::RequestError> {
+        match SignedMessage::from_trusted_bytes(bytes) {
+            Ok(signed) => Ok(Self::signed(signed)),
+            Err(_) => Ok(Self { message: Message::decode(bytes)?, sig: None }),
+        }
+    }
+
+    /// The JSON form `{"msg": {...}}`, with `sig` when there is one.
+    pub fn to_json(&self) -> String {
+        match &self.sig {
+            Some(sig) => {
+                // Rebuilding the signed form needs the signature; from_trusted_bytes is exact.
+                let mut bytes = self.message.signing_bytes();
+                bytes.extend_from_slice(&sig.to_bytes());
+                SignedMessage::from_trusted_bytes(&bytes)
+                    .map_or_else(|_| self.message.to_json(), |s| s.to_json())
+            }
+            None => self.message.to_json(),
+        }
+    }
 }
 
 /// What a client gets back for a read.
@@ -121,14 +172,20 @@ impl Engine {
     }
 
     /// Parses a signed request's JSON, verifying its signature.
-    pub fn parse(&self, body: &str) -> Result<SignedMessage, RelayError> {
-        SignedMessage::from_json(body).map_err(|e| match e {
-            pigeonhole_proto::request::RequestError::BadSignature => RelayError::new(
-                ErrorCode::BadSignature,
-                "the signature does not verify for `from` over this request",
-            ),
-            other => RelayError::new(ErrorCode::BadRequest, other.to_string()),
-        })
+    pub fn parse(&self, body: &str) -> Result<Verified, RelayError> {
+        SignedMessage::from_json(body).map(Verified::signed).map_err(request_error)
+    }
+
+    /// Parses an unsigned request that arrived in a session bound to `session_key`.
+    pub fn parse_in_session(&self, body: &str, session_key: &PublicKey) -> Result<Verified, RelayError> {
+        let message = Message::from_json(body).map_err(request_error)?;
+        if message.from != *session_key {
+            return Err(RelayError::new(
+                ErrorCode::Forbidden,
+                "`from` is not the key this session was opened with",
+            ));
+        }
+        Ok(Verified { message, sig: None })
     }
 
     /// Checks addressing, freshness and replay for a verified request. Writes are exempt from
@@ -197,11 +254,11 @@ impl Engine {
     /// the account, sizes, TTL and quotas; stores nothing.
     pub fn prepare_write(
         &self,
-        signed: &SignedMessage,
+        verified: &Verified,
         path: &RequestPath,
         now: u64,
     ) -> Result<NewRecord, RelayError> {
-        let message = signed.message();
+        let message = &verified.message;
         let Request::Write(write) = &message.request else {
             return Err(RelayError::new(
                 ErrorCode::WrongRequestType,
@@ -221,7 +278,7 @@ impl Engine {
             expires_at: now.saturating_add(u64::from(ttl) * 1000),
             max_pulls: limits.pull_limit,
             record_hash: message.record_hash(),
-            bytes: signed.to_bytes(),
+            bytes: verified.stored_bytes(),
         })
     }
 
@@ -390,21 +447,17 @@ impl Engine {
         Ok((*owner, *receiver, start))
     }
 
-    /// Records of an outbox after `after_seq` (for listen deliveries).
+    /// Up to `limit` records of an outbox after `after_seq` (for listen deliveries).
     pub fn fetch_after(
         &self,
         owner: &PublicKey,
         receiver: &PublicKey,
         after_seq: u64,
+        limit: usize,
         now: u64,
     ) -> Result<Vec<StoredRecord>, RelayError> {
-        Ok(self.store.fetch_after(
-            owner,
-            receiver,
-            after_seq,
-            self.config.limits.max_inventory as usize,
-            now,
-        )?)
+        let limit = limit.min(self.config.limits.max_inventory as usize);
+        Ok(self.store.fetch_after(owner, receiver, after_seq, limit, now)?)
     }
 
     /// Registers the signer under the account policy. Registering an existing account is
@@ -496,6 +549,16 @@ impl Engine {
     /// The relay's signed info document.
     pub fn info_document(&self, now: u64) -> RelayDocument {
         self.info().sign_with_aux(&self.key, now, &random_aux())
+    }
+}
+
+fn request_error(error: pigeonhole_proto::request::RequestError) -> RelayError {
+    match error {
+        pigeonhole_proto::request::RequestError::BadSignature => RelayError::new(
+            ErrorCode::BadSignature,
+            "the signature does not verify for `from` over this request",
+        ),
+        other => RelayError::new(ErrorCode::BadRequest, other.to_string()),
     }
 }
 

@@ -11,7 +11,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -21,15 +21,16 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use metrics_exporter_prometheus::PrometheusHandle;
 use pigeonhole_proto::keys::PublicKey;
 use pigeonhole_proto::payload::validate_record_id;
-use pigeonhole_proto::request::{Request as ProtoRequest, SignedMessage};
+use pigeonhole_proto::request::Request as ProtoRequest;
 use pigeonhole_store::{RecordMeta, StoredRecord};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::commit::Committer;
-use crate::engine::{Engine, RequestPath};
+use crate::engine::{Engine, RequestPath, Verified};
 use crate::error::{ErrorCode, RelayError};
 use crate::notify::Notifier;
+use crate::session::Sessions;
 
 /// Everything a handler needs.
 pub struct AppState {
@@ -45,6 +46,8 @@ pub struct AppState {
     pub registration_limiter: DefaultKeyedRateLimiter<IpAddr>,
     /// The Prometheus exporter, when metrics are installed.
     pub metrics: Option<PrometheusHandle>,
+    /// Session challenges and tokens.
+    pub sessions: Sessions,
 }
 
 impl AppState {
@@ -66,11 +69,12 @@ impl AppState {
             committer,
             notifier,
             metrics,
+            sessions: Sessions::default(),
         }
     }
 }
 
-type Shared = Arc<AppState>;
+pub(crate) type Shared = Arc<AppState>;
 
 /// An error as an HTTP response.
 pub struct ApiError(pub RelayError);
@@ -90,7 +94,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn error(code: ErrorCode, message: impl Into<String>) -> ApiError {
+pub(crate) fn error(code: ErrorCode, message: impl Into<String>) -> ApiError {
     ApiError(RelayError::new(code, message))
 }
 
@@ -105,6 +109,8 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/info", get(info))
         .route("/v1/accounts", post(register))
         .route("/v1/usage", post(usage))
+        .route("/v1/session", get(session_challenge).post(session_open))
+        .route("/v1/ws", get(crate::ws::upgrade))
         .route("/v1/{owner}/outbox/{receiver}", post(outbox))
         .route("/v1/{owner}/outbox/{receiver}/{record_id}", post(record_post).put(record_put))
         .fallback(not_found)
@@ -114,7 +120,7 @@ pub fn router(state: Shared) -> Router {
         .with_state(state)
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
@@ -156,6 +162,8 @@ fn endpoint_label(path: &str) -> &'static str {
         ["v1", "info"] => "info",
         ["v1", "accounts"] => "register",
         ["v1", "usage"] => "usage",
+        ["v1", "session"] => "session",
+        ["v1", "ws"] => "ws",
         ["v1", _, "outbox", _] => "outbox",
         ["v1", _, "outbox", _, _] => "record",
         _ => "other",
@@ -219,12 +227,39 @@ async fn read_body(state: &AppState, body: Body) -> Result<String, ApiError> {
         .map_err(|_| error(ErrorCode::BadRequest, "the request body is not UTF-8 JSON"))
 }
 
-/// Parses, verifies and admits a signed request.
-async fn admitted(state: &AppState, body: Body) -> Result<SignedMessage, ApiError> {
+/// Authenticates and admits a request: a signed request in the body, or (with
+/// `Authorization: Bearer <token>`) an unsigned request from the session's key.
+async fn admitted(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Verified, ApiError> {
+    let session_key = match headers.get(header::AUTHORIZATION) {
+        None => None,
+        Some(value) => {
+            let token = value
+                .to_str()
+                .ok()
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .and_then(|t| {
+                    let mut out = [0u8; 32];
+                    hex::decode_to_slice(t.trim(), &mut out).ok().map(|()| out)
+                })
+                .ok_or_else(|| {
+                    error(ErrorCode::BadRequest, "Authorization must be `Bearer <64 hex token>`")
+                })?;
+            let key = state.sessions.token_key(&token, now_ms()).ok_or_else(|| {
+                error(
+                    ErrorCode::BadSignature,
+                    "unknown or expired session token; open a new session (GET /v1/session)",
+                )
+            })?;
+            Some(key)
+        }
+    };
     let text = read_body(state, body).await?;
-    let signed = state.engine.parse(&text)?;
-    state.engine.admit(signed.message(), now_ms())?;
-    Ok(signed)
+    let verified = match session_key {
+        Some(key) => state.engine.parse_in_session(&text, &key)?,
+        None => state.engine.parse(&text)?,
+    };
+    state.engine.admit(&verified.message, now_ms())?;
+    Ok(verified)
 }
 
 fn parse_key(segment: &str, name: &str) -> Result<PublicKey, ApiError> {
@@ -277,51 +312,126 @@ fn meta_json(meta: &RecordMeta) -> Value {
 }
 
 fn record_json(record: &StoredRecord) -> Result<Value, ApiError> {
-    let signed = SignedMessage::from_trusted_bytes(&record.bytes)
+    let stored = Verified::from_stored_bytes(&record.bytes)
         .map_err(|e| ApiError(RelayError::internal("a stored record does not decode", &e)))?;
-    let msg: Value = serde_json::from_str(&signed.to_json())
+    let msg: Value = serde_json::from_str(&stored.to_json())
         .map_err(|e| ApiError(RelayError::internal("record JSON", &e)))?;
     let mut out = meta_json(&record.meta);
     out["record"] = msg;
     Ok(out)
 }
 
-async fn record_put(
-    State(state): State<Shared>,
-    path: Result<Path<(String, String, String)>, PathRejection>,
-    body: Body,
-) -> ApiResult {
-    let path = record_path(path)?;
-    let signed = admitted(&state, body).await?;
+/// The outcome of one operation: a status and a JSON body. HTTP handlers and WebSocket
+/// frames share these, so both transports answer identically.
+pub(crate) type OpResult = Result<(StatusCode, Value), ApiError>;
+
+fn respond(result: OpResult) -> ApiResult {
+    let (status, body) = result?;
+    Ok((status, axum::Json(body)).into_response())
+}
+
+/// The path a request names by itself (for transports without URLs, like WebSocket frames).
+pub(crate) fn implied_path(message: &pigeonhole_proto::request::Message) -> Option<RequestPath> {
+    let (owner, receiver, record_id) = match &message.request {
+        ProtoRequest::Write(w) => (message.from, message.to, Some(w.record_id.clone())),
+        ProtoRequest::Read(r) => (r.owner, r.receiver, Some(r.record_id.clone())),
+        ProtoRequest::Delete(d) => (message.from, d.receiver, Some(d.record_id.clone())),
+        ProtoRequest::Inventory(i) => (i.owner, i.receiver, None),
+        ProtoRequest::Listen(l) => (l.owner, l.receiver, None),
+        _ => return None,
+    };
+    Some(RequestPath { owner, receiver, record_id })
+}
+
+pub(crate) async fn op_write(state: &Shared, verified: Verified, path: RequestPath) -> OpResult {
     let engine = state.engine.clone();
     let now = now_ms();
-    let record = blocking(move || engine.prepare_write(&signed, &path, now)).await?;
+    let record = blocking(move || engine.prepare_write(&verified, &path, now)).await?;
     let outcome = state.committer.submit(record).await?;
     let receipt: Value = serde_json::from_str(&outcome.receipt.to_json())
         .map_err(|e| ApiError(RelayError::internal("receipt JSON", &e)))?;
     let status = if outcome.duplicate { StatusCode::OK } else { StatusCode::CREATED };
-    Ok((status, axum::Json(json!({"seq": outcome.seq, "duplicate": outcome.duplicate, "receipt": receipt})))
-        .into_response())
+    Ok((status, json!({"seq": outcome.seq, "duplicate": outcome.duplicate, "receipt": receipt})))
+}
+
+pub(crate) async fn op_record(state: &Shared, verified: Verified, path: RequestPath) -> OpResult {
+    let engine = state.engine.clone();
+    let now = now_ms();
+    let result = blocking(move || engine.record_op(&verified.message, &path, now)).await?;
+    match result {
+        Some(read) => {
+            let mut body = record_json(&read.record)?;
+            body["exhausted"] = json!(read.exhausted);
+            Ok((StatusCode::OK, body))
+        }
+        None => Ok((StatusCode::OK, json!({"deleted": true}))),
+    }
+}
+
+pub(crate) async fn op_inventory(state: &Shared, verified: Verified, path: RequestPath) -> OpResult {
+    let engine = state.engine.clone();
+    let now = now_ms();
+    let records = blocking(move || engine.inventory(&verified.message, &path, now)).await?;
+    let last = records.last().map_or(0, |m| m.seq);
+    let list: Vec<Value> = records.iter().map(meta_json).collect();
+    Ok((StatusCode::OK, json!({"records": list, "lastSeq": last})))
+}
+
+pub(crate) async fn op_register(state: &Shared, verified: Verified, peer: IpAddr) -> OpResult {
+    let engine = state.engine.clone();
+    let existing = {
+        let engine = engine.clone();
+        let key = verified.message.from;
+        blocking(move || Ok(engine.store().account(&key)?)).await?
+    };
+    if existing.is_none() && state.registration_limiter.check_key(&peer).is_err() {
+        return Err(error(
+            ErrorCode::RateLimited,
+            "too many registrations from this address; try again later",
+        ));
+    }
+    let now = now_ms();
+    let account = blocking(move || engine.register(&verified.message, now)).await?;
+    let status = if existing.is_some() { StatusCode::OK } else { StatusCode::CREATED };
+    let account_status = match account.status {
+        pigeonhole_store::AccountStatus::Active => "active",
+        pigeonhole_store::AccountStatus::Suspended => "suspended",
+    };
+    Ok((
+        status,
+        json!({"account": {"key": account.key.to_hex(), "status": account_status, "createdAt": account.created_at}}),
+    ))
+}
+
+pub(crate) async fn op_usage(state: &Shared, verified: Verified) -> OpResult {
+    let engine = state.engine.clone();
+    let now = now_ms();
+    let document = blocking(move || engine.usage(&verified.message, now)).await?;
+    let report = pigeonhole_proto::receipt::UsageReport::from_body(&document.body)
+        .map_err(|e| ApiError(RelayError::internal("usage report", &e)))?;
+    Ok((StatusCode::OK, json!({"report": report, "document": BASE64.encode(document.to_bytes())})))
+}
+
+async fn record_put(
+    State(state): State<Shared>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let path = record_path(path)?;
+    let verified = admitted(&state, &headers, body).await?;
+    respond(op_write(&state, verified, path).await)
 }
 
 async fn record_post(
     State(state): State<Shared>,
     path: Result<Path<(String, String, String)>, PathRejection>,
+    headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
     let path = record_path(path)?;
-    let signed = admitted(&state, body).await?;
-    let engine = state.engine.clone();
-    let now = now_ms();
-    let result = blocking(move || engine.record_op(signed.message(), &path, now)).await?;
-    match result {
-        Some(read) => {
-            let mut body = record_json(&read.record)?;
-            body["exhausted"] = json!(read.exhausted);
-            Ok(axum::Json(body).into_response())
-        }
-        None => Ok(axum::Json(json!({"deleted": true})).into_response()),
-    }
+    let verified = admitted(&state, &headers, body).await?;
+    respond(op_record(&state, verified, path).await)
 }
 
 #[derive(Deserialize)]
@@ -335,28 +445,22 @@ async fn outbox(
     State(state): State<Shared>,
     path: Result<Path<(String, String)>, PathRejection>,
     query: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
     let path = outbox_path(path)?;
     let Query(query) = query.map_err(|e| error(ErrorCode::BadRequest, e.body_text()))?;
-    let signed = admitted(&state, body).await?;
-    match signed.message().request {
-        ProtoRequest::Inventory(_) => {
-            let engine = state.engine.clone();
-            let now = now_ms();
-            let records = blocking(move || engine.inventory(signed.message(), &path, now)).await?;
-            let last = records.last().map_or(0, |m| m.seq);
-            let list: Vec<Value> = records.iter().map(meta_json).collect();
-            Ok(axum::Json(json!({"records": list, "lastSeq": last})).into_response())
-        }
-        ProtoRequest::Listen(_) => long_poll(state, signed, path, query.wait.unwrap_or(0)).await,
+    let verified = admitted(&state, &headers, body).await?;
+    match verified.message.request {
+        ProtoRequest::Inventory(_) => respond(op_inventory(&state, verified, path).await),
+        ProtoRequest::Listen(_) => long_poll(state, verified, path, query.wait.unwrap_or(0)).await,
         _ => Err(error(ErrorCode::WrongRequestType, "POST to an outbox path takes `inventory` or `listen`")),
     }
 }
 
 /// `listen` as a long poll: returns records after the cursor at once if there are any, or
 /// waits up to `wait` seconds for the first commit to this outbox.
-async fn long_poll(state: Shared, signed: SignedMessage, path: RequestPath, wait: u32) -> ApiResult {
+async fn long_poll(state: Shared, verified: Verified, path: RequestPath, wait: u32) -> ApiResult {
     let max_wait = state.engine.config().limits.max_wait_secs;
     if wait > max_wait {
         return Err(error(
@@ -367,18 +471,16 @@ async fn long_poll(state: Shared, signed: SignedMessage, path: RequestPath, wait
     let engine = state.engine.clone();
     let now = now_ms();
     let (owner, receiver, cursor) =
-        blocking(move || engine.listen_start(signed.message(), &path, now)).await?;
+        blocking(move || engine.listen_start(&verified.message, &path, now)).await?;
     let subscription = state.notifier.subscribe(owner, receiver);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(u64::from(wait));
     loop {
         let notified = subscription.notify().notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let engine = state.engine.clone();
-        let records = blocking(move || engine.fetch_after(&owner, &receiver, cursor, now_ms())).await?;
-        if !records.is_empty() || tokio::time::Instant::now() >= deadline {
-            let next = records.last().map_or(cursor, |r| r.meta.seq);
-            let list = records.iter().map(record_json).collect::<Result<Vec<_>, _>>()?;
+        let page = state.engine.config().limits.max_inventory as usize;
+        let (list, next) = fetch_page(&state, owner, receiver, cursor, page).await?;
+        if !list.is_empty() || tokio::time::Instant::now() >= deadline {
             return Ok(axum::Json(json!({"records": list, "cursor": next})).into_response());
         }
         if tokio::time::timeout_at(deadline, notified).await.is_err() {
@@ -387,44 +489,50 @@ async fn long_poll(state: Shared, signed: SignedMessage, path: RequestPath, wait
     }
 }
 
+/// Records of an outbox after `cursor` as JSON, and the cursor after them.
+pub(crate) async fn fetch_page(
+    state: &Shared,
+    owner: PublicKey,
+    receiver: PublicKey,
+    cursor: u64,
+    limit: usize,
+) -> Result<(Vec<Value>, u64), ApiError> {
+    let engine = state.engine.clone();
+    let records = blocking(move || engine.fetch_after(&owner, &receiver, cursor, limit, now_ms())).await?;
+    let next = records.last().map_or(cursor, |r| r.meta.seq);
+    let list = records.iter().map(record_json).collect::<Result<Vec<_>, _>>()?;
+    Ok((list, next))
+}
+
 async fn register(
     State(state): State<Shared>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    let signed = admitted(&state, body).await?;
-    let engine = state.engine.clone();
-    let existing = {
-        let engine = engine.clone();
-        let key = signed.message().from;
-        blocking(move || Ok(engine.store().account(&key)?)).await?
-    };
-    if existing.is_none() && state.registration_limiter.check_key(&peer.ip()).is_err() {
-        return Err(error(
-            ErrorCode::RateLimited,
-            "too many registrations from this address; try again later",
-        ));
-    }
-    let now = now_ms();
-    let account = blocking(move || engine.register(signed.message(), now)).await?;
-    let status = if existing.is_some() { StatusCode::OK } else { StatusCode::CREATED };
-    Ok((
-        status,
-        axum::Json(json!({"account": {
-            "key": account.key.to_hex(),
-            "status": match account.status { pigeonhole_store::AccountStatus::Active => "active", pigeonhole_store::AccountStatus::Suspended => "suspended" },
-            "createdAt": account.created_at,
-        }})),
-    )
-        .into_response())
+    let verified = admitted(&state, &headers, body).await?;
+    respond(op_register(&state, verified, peer.ip()).await)
 }
 
-async fn usage(State(state): State<Shared>, body: Body) -> ApiResult {
-    let signed = admitted(&state, body).await?;
-    let engine = state.engine.clone();
+async fn usage(State(state): State<Shared>, headers: HeaderMap, body: Body) -> ApiResult {
+    let verified = admitted(&state, &headers, body).await?;
+    respond(op_usage(&state, verified).await)
+}
+
+async fn session_challenge(State(state): State<Shared>) -> ApiResult {
+    let (challenge, expires) = state.sessions.challenge(now_ms())?;
+    Ok(axum::Json(json!({"challenge": hex::encode(challenge), "expiresAt": expires})).into_response())
+}
+
+/// Opens an HTTP session: the body is a signed `session` request answering a challenge; the
+/// answer is a bearer token bound to the signer's key.
+async fn session_open(State(state): State<Shared>, body: Body) -> ApiResult {
+    let text = read_body(&state, body).await?;
+    let verified = state.engine.parse(&text)?;
     let now = now_ms();
-    let document = blocking(move || engine.usage(signed.message(), now)).await?;
-    let report = pigeonhole_proto::receipt::UsageReport::from_body(&document.body)
-        .map_err(|e| ApiError(RelayError::internal("usage report", &e)))?;
-    Ok(axum::Json(json!({"report": report, "document": BASE64.encode(document.to_bytes())})).into_response())
+    state.engine.admit(&verified.message, now)?;
+    let key = state.sessions.answer(&verified.message, now)?;
+    let (token, expires) = state.sessions.issue_token(key, now)?;
+    Ok(axum::Json(json!({"token": hex::encode(token), "key": key.to_hex(), "expiresAt": expires}))
+        .into_response())
 }

@@ -15,3 +15,5 @@ pub mod error;
 pub mod http;
 pub mod notify;
 pub mod server;
+pub mod session;
+pub mod ws;

@@ -54,14 +54,14 @@ use pigeonhole_proto::keys::PublicKey;
 use pigeonhole_proto::tag::Tag;
 
 use crate::codec::{
-    KEY_LEN, StoredMeta, be_u64, check_new_record, corrupted, decode_account, decode_pulls,
-    decode_record, decode_usage, decode_usage_counters, encode_account, encode_record, encode_usage,
-    encode_usage_counters, expiry_key, outbox_key, outbox_prefix, path_key, receiver_key, seq_key, seq_suffix,
-    tag_key, usage_key, usage_key_read_at,
+    KEY_LEN, StoredMeta, be_u64, check_new_record, corrupted, decode_account, decode_pulls, decode_record,
+    decode_usage, decode_usage_counters, encode_account, encode_record, encode_usage, encode_usage_counters,
+    expiry_key, outbox_key, outbox_prefix, path_key, receiver_key, seq_key, seq_suffix, tag_key, usage_key,
+    usage_key_read_at,
 };
 use crate::{
-    Account, ListQuery, NewRecord, PutOutcome, ReadOutcome, RecordMeta, Store, StoreError, StoredRecord, Usage,
-    UsageRow,
+    Account, ListQuery, NewRecord, PutOutcome, ReadOutcome, RecordMeta, Store, StoreError, StoredRecord,
+    Usage, UsageRow,
 };
 
 /// The format marker stored under `meta/format`.
@@ -81,7 +81,8 @@ const WITNESS_MAGIC: &[u8; 8] = b"PHCOMMIT";
 const FJALL_MARKER: &str = "version";
 
 const KEYSPACE_NAMES: [&str; 11] = [
-    "records", "paths", "outbox", "receiver", "expiry", "tags", "pulls", "usage", "accounts", "owners", "meta",
+    "records", "paths", "outbox", "receiver", "expiry", "tags", "pulls", "usage", "accounts", "owners",
+    "meta",
 ];
 
 /// Tuning of the embedded backend.
@@ -207,13 +208,16 @@ impl Witness {
         let path = dir.join(WITNESS_FILE);
         let mut bytes = Vec::new();
         match File::open(&path) {
-            Ok(file) => file.take(64).read_to_end(&mut bytes).map_err(|e| io_error(e, "reading the commit witness"))?,
+            Ok(file) => file
+                .take(64)
+                .read_to_end(&mut bytes)
+                .map_err(|e| io_error(e, "reading the commit witness"))?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_error(e, "opening the commit witness")),
         };
-        Witness::decode(&bytes).map(Some).ok_or_else(|| {
-            StoreError::Corrupted(format!("the commit witness {} is damaged", path.display()))
-        })
+        Witness::decode(&bytes)
+            .map(Some)
+            .ok_or_else(|| StoreError::Corrupted(format!("the commit witness {} is damaged", path.display())))
     }
 
     /// Creates the witness with `counter`, durably (written aside, fsynced, renamed).
@@ -443,9 +447,12 @@ impl FjallStore {
     /// A store in a new directory under the system's temporary directory, deleted when the
     /// store is dropped. For tests (durable like any other store while it lives).
     pub fn temporary() -> Result<Self, StoreError> {
-        let dir = std::env::temp_dir()
-            .join(format!("pigeonhole-store-{}-{}", std::process::id(), unique_suffix()));
-        Self::open_with(&dir, FjallConfig { temporary: true, cache_bytes: 8 * 1024 * 1024, ..Default::default() })
+        let dir =
+            std::env::temp_dir().join(format!("pigeonhole-store-{}-{}", std::process::id(), unique_suffix()));
+        Self::open_with(
+            &dir,
+            FjallConfig { temporary: true, cache_bytes: 8 * 1024 * 1024, ..Default::default() },
+        )
     }
 
     /// The store's directory.
@@ -589,7 +596,12 @@ impl FjallStore {
 
     /// Commits `change` durably as commit number `state.commit + 1`, with `last_seq` if the
     /// change assigned sequence numbers.
-    fn commit(&self, state: &mut WriteState, change: Change<'_>, last_seq: Option<u64>) -> Result<(), StoreError> {
+    fn commit(
+        &self,
+        state: &mut WriteState,
+        change: Change<'_>,
+        last_seq: Option<u64>,
+    ) -> Result<(), StoreError> {
         let Change { ks, mut batch, owners, totals, counters_changed, .. } = change;
         let commit = state.commit + 1;
         if counters_changed {
@@ -730,7 +742,8 @@ impl FjallStore {
             let mut count = 0usize;
             for guard in snap.iter(keyspace) {
                 let (key, value) = guard.into_inner().map_err(fjall_error)?;
-                let valid = if name == "paths" { value.len() == 8 } else { value.is_empty() && key.len() >= 8 };
+                let valid =
+                    if name == "paths" { value.len() == 8 } else { value.is_empty() && key.len() >= 8 };
                 if !valid {
                     return Err(corrupted(name, "malformed entry"));
                 }
@@ -776,7 +789,10 @@ impl FjallStore {
             None => return Err(corrupted("meta", "totals missing")),
         };
         if meta_totals != totals {
-            return Err(corrupted("meta", format_args!("totals {meta_totals:?} but records add up to {totals:?}")));
+            return Err(corrupted(
+                "meta",
+                format_args!("totals {meta_totals:?} but records add up to {totals:?}"),
+            ));
         }
         if highest > self.last_seq() {
             return Err(corrupted("meta", "a record has a sequence number above the last one assigned"));
@@ -792,7 +808,9 @@ impl FjallStore {
         receiver: &PublicKey,
         record_id: &str,
     ) -> Result<Option<(u64, fjall::Slice)>, StoreError> {
-        let Some(seq) = snap.get(&self.ks.paths, path_key(owner, receiver, record_id)).map_err(fjall_error)? else {
+        let Some(seq) =
+            snap.get(&self.ks.paths, path_key(owner, receiver, record_id)).map_err(fjall_error)?
+        else {
             return Ok(None);
         };
         let seq = be_u64(&seq, "paths")?;
@@ -845,7 +863,11 @@ impl Store for FjallStore {
             let path = path_key(&record.owner, &record.receiver, &record.record_id);
             if let Some(&(seq, earlier)) = in_batch.get(&path) {
                 outcomes.push(if earlier.record_hash == record.record_hash {
-                    PutOutcome::Duplicate { seq, stored_at: earlier.stored_at, expires_at: earlier.expires_at }
+                    PutOutcome::Duplicate {
+                        seq,
+                        stored_at: earlier.stored_at,
+                        expires_at: earlier.expires_at,
+                    }
                 } else {
                     PutOutcome::Conflict
                 });
@@ -910,7 +932,8 @@ impl Store for FjallStore {
             query.limit,
             |m| m.owner == query.owner && m.receiver == query.receiver,
             |m| {
-                query.after_ts.is_none_or(|ts| m.stored_at > ts) && query.before_ts.is_none_or(|ts| m.stored_at < ts)
+                query.after_ts.is_none_or(|ts| m.stored_at > ts)
+                    && query.before_ts.is_none_or(|ts| m.stored_at < ts)
             },
             |seq, meta, pulls, _| meta.into_meta(seq, pulls),
         )
@@ -934,7 +957,10 @@ impl Store for FjallStore {
             limit,
             |m| m.owner == *owner && m.receiver == *receiver,
             |_| true,
-            |seq, meta, pulls, bytes| StoredRecord { meta: meta.into_meta(seq, pulls), bytes: bytes.to_vec() },
+            |seq, meta, pulls, bytes| StoredRecord {
+                meta: meta.into_meta(seq, pulls),
+                bytes: bytes.to_vec(),
+            },
         )
     }
 
@@ -955,11 +981,20 @@ impl Store for FjallStore {
             limit,
             |m| m.receiver == *receiver,
             |_| true,
-            |seq, meta, pulls, bytes| StoredRecord { meta: meta.into_meta(seq, pulls), bytes: bytes.to_vec() },
+            |seq, meta, pulls, bytes| StoredRecord {
+                meta: meta.into_meta(seq, pulls),
+                bytes: bytes.to_vec(),
+            },
         )
     }
 
-    fn list_by_tag(&self, tag: &Tag, after_seq: u64, limit: usize, now: u64) -> Result<Vec<RecordMeta>, StoreError> {
+    fn list_by_tag(
+        &self,
+        tag: &Tag,
+        after_seq: u64,
+        limit: usize,
+        now: u64,
+    ) -> Result<Vec<RecordMeta>, StoreError> {
         let Some(from) = after_seq.checked_add(1) else { return Ok(Vec::new()) };
         let snap = self.db.snapshot();
         self.walk(
@@ -1147,7 +1182,8 @@ mod tests {
     fn fill(store: &FjallStore, batches: usize, per_batch: usize, len: usize) -> Vec<NewRecord> {
         let mut all = Vec::new();
         for b in 0..batches {
-            let batch: Vec<_> = (0..per_batch).map(|i| record((i % 3) as u8 + 1, &format!("r{b}-{i}"), len)).collect();
+            let batch: Vec<_> =
+                (0..per_batch).map(|i| record((i % 3) as u8 + 1, &format!("r{b}-{i}"), len)).collect();
             let out = store.put_batch(&batch).expect("put");
             assert!(out.iter().all(|o| matches!(o, PutOutcome::Stored { .. })));
             all.extend(batch);
@@ -1230,12 +1266,19 @@ mod tests {
                 assert_eq!(got.bytes, r.bytes);
                 assert_eq!(got.meta.seq, i as u64 + 1);
             }
-            assert_eq!(store.get(&key(1), &key(100), "r0-0", 0).expect("get").expect("present").meta.pulls, 1);
+            assert_eq!(
+                store.get(&key(1), &key(100), "r0-0", 0).expect("get").expect("present").meta.pulls,
+                1
+            );
             assert_eq!(store.usage(&key(1), None, None, 10).expect("usage").len(), 1);
             assert_eq!(store.account(&key(1)).expect("account").expect("present").max_records_per_day, 7);
-            assert_eq!(store.totals().expect("totals"), Usage { records: 99 + round, bytes: 300 * (99 + round) });
+            assert_eq!(
+                store.totals().expect("totals"),
+                Usage { records: 99 + round, bytes: 300 * (99 + round) }
+            );
             assert_eq!(store.verify().expect("verify"), store.totals().expect("totals"));
-            let seq = stored_seq(&store.put_batch(&[record(9, &format!("new{round}"), 300)]).expect("put")[0]);
+            let seq =
+                stored_seq(&store.put_batch(&[record(9, &format!("new{round}"), 300)]).expect("put")[0]);
             assert_eq!(seq, last + round + 1, "numbering continues above every earlier number");
         }
     }
@@ -1258,10 +1301,14 @@ mod tests {
             }
             records
         };
-        let store = FjallStore::open_with(dir.path(), FjallConfig { verify_on_open: true, ..Default::default() })
-            .expect("reopen");
+        let store =
+            FjallStore::open_with(dir.path(), FjallConfig { verify_on_open: true, ..Default::default() })
+                .expect("reopen");
         for r in &records {
-            assert_eq!(store.get(&r.owner, &r.receiver, &r.record_id, 0).expect("get").expect("present").bytes, r.bytes);
+            assert_eq!(
+                store.get(&r.owner, &r.receiver, &r.record_id, 0).expect("get").expect("present").bytes,
+                r.bytes
+            );
         }
     }
 
@@ -1287,14 +1334,20 @@ mod tests {
         // Another application's fjall database.
         let dir = tempfile::tempdir().expect("tempdir");
         with_raw_db(dir.path(), |db| {
-            db.keyspace("items", KeyspaceCreateOptions::default).expect("ks").insert("a", "b").expect("insert");
+            db.keyspace("items", KeyspaceCreateOptions::default)
+                .expect("ks")
+                .insert("a", "b")
+                .expect("insert");
         });
         assert_corrupted(FjallStore::open(dir.path()), "keyspace");
 
         // Our keyspaces with data but no format marker.
         let dir = tempfile::tempdir().expect("tempdir");
         with_raw_db(dir.path(), |db| {
-            db.keyspace("records", KeyspaceCreateOptions::default).expect("ks").insert("a", "b").expect("insert");
+            db.keyspace("records", KeyspaceCreateOptions::default)
+                .expect("ks")
+                .insert("a", "b")
+                .expect("insert");
         });
         assert_corrupted(FjallStore::open(dir.path()), "no format marker");
     }
@@ -1456,7 +1509,10 @@ mod tests {
         assert!(matches!(io_error(full, "x"), StoreError::Full));
         assert!(matches!(io_error(io::Error::from_raw_os_error(28), "x"), StoreError::Full), "ENOSPC");
         assert!(matches!(io_error(io::Error::from(io::ErrorKind::QuotaExceeded), "x"), StoreError::Full));
-        assert!(matches!(io_error(io::Error::from(io::ErrorKind::UnexpectedEof), "x"), StoreError::Corrupted(_)));
+        assert!(matches!(
+            io_error(io::Error::from(io::ErrorKind::UnexpectedEof), "x"),
+            StoreError::Corrupted(_)
+        ));
         assert!(matches!(io_error(io::Error::from(io::ErrorKind::PermissionDenied), "x"), StoreError::Io(_)));
         assert!(matches!(fjall_error(fjall::Error::Io(io::Error::from_raw_os_error(28))), StoreError::Full));
         assert!(matches!(fjall_error(fjall::Error::InvalidTrailer), StoreError::Corrupted(_)));
@@ -1473,7 +1529,10 @@ mod tests {
         // After a write failed for lack of space, the engine's refusals are `Full` too.
         let store = FjallStore::temporary().expect("store");
         assert!(matches!(store.write_error(fjall::Error::Poisoned), StoreError::Io(_)));
-        assert!(matches!(store.write_error(fjall::Error::Io(io::Error::from_raw_os_error(28))), StoreError::Full));
+        assert!(matches!(
+            store.write_error(fjall::Error::Io(io::Error::from_raw_os_error(28))),
+            StoreError::Full
+        ));
         assert!(matches!(store.write_error(fjall::Error::Poisoned), StoreError::Full));
     }
 

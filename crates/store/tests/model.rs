@@ -65,10 +65,26 @@ impl Spec {
 #[derive(Debug, Clone)]
 enum Op {
     Put(Vec<Spec>),
-    Read { owner: u8, receiver: u8, id: u8, now: u64 },
-    Delete { owner: u8, receiver: u8, id: u8 },
-    Expire { now: u64, limit: usize },
-    Account { key: u8, suspended: bool, max_bytes: u64 },
+    Read {
+        owner: u8,
+        receiver: u8,
+        id: u8,
+        now: u64,
+    },
+    Delete {
+        owner: u8,
+        receiver: u8,
+        id: u8,
+    },
+    Expire {
+        now: u64,
+        limit: usize,
+    },
+    Account {
+        key: u8,
+        suspended: bool,
+        max_bytes: u64,
+    },
     /// Closes and reopens the Fjall store (nothing to do for the model).
     Reopen,
 }
@@ -106,7 +122,7 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn apply<S: Store>(s: &S, op: &Op) -> String {
-    let out = match op {
+    match op {
         Op::Put(specs) => {
             let batch: Vec<_> = specs.iter().map(Spec::record).collect();
             format!("{:?}", s.put_batch(&batch))
@@ -114,7 +130,9 @@ fn apply<S: Store>(s: &S, op: &Op) -> String {
         Op::Read { owner: o, receiver: r, id: i, now } => {
             format!("{:?}", s.read(&owner(*o), &receiver(*r), &id(*i), *now))
         }
-        Op::Delete { owner: o, receiver: r, id: i } => format!("{:?}", s.delete(&owner(*o), &receiver(*r), &id(*i))),
+        Op::Delete { owner: o, receiver: r, id: i } => {
+            format!("{:?}", s.delete(&owner(*o), &receiver(*r), &id(*i)))
+        }
         Op::Expire { now, limit } => format!("{:?}", s.expire(*now, *limit)),
         Op::Account { key: k, suspended, max_bytes } => {
             let account = Account {
@@ -127,8 +145,7 @@ fn apply<S: Store>(s: &S, op: &Op) -> String {
             format!("{:?}", s.put_account(&account))
         }
         Op::Reopen => String::new(),
-    };
-    out
+    }
 }
 
 /// Everything the trait lets a caller see, as text.
@@ -150,14 +167,18 @@ fn observe<S: Store>(s: &S) -> Result<Vec<String>, StoreError> {
                     limit: 1_000,
                 };
                 seen.push(format!("list {o} {r} {now} {:?}", s.list(&query, now)?));
-                let filtered = ListQuery { after_seq: 2, after_ts: Some(30), before_ts: Some(170), limit: 2, ..query };
+                let filtered =
+                    ListQuery { after_seq: 2, after_ts: Some(30), before_ts: Some(170), limit: 2, ..query };
                 seen.push(format!("list filtered {o} {r} {now} {:?}", s.list(&filtered, now)?));
                 seen.push(format!(
                     "fetch {o} {r} {now} {:?}",
                     s.fetch_after(&owner(o), &receiver(r), 1, 1_000, now)?
                 ));
                 for i in 0..IDS {
-                    seen.push(format!("get {o} {r} {i} {now} {:?}", s.get(&owner(o), &receiver(r), &id(i), now)?));
+                    seen.push(format!(
+                        "get {o} {r} {i} {now} {:?}",
+                        s.get(&owner(o), &receiver(r), &id(i), now)?
+                    ));
                 }
             }
         }
@@ -165,7 +186,10 @@ fn observe<S: Store>(s: &S) -> Result<Vec<String>, StoreError> {
     for r in 0..RECEIVERS {
         for now in CLOCKS {
             seen.push(format!("receiver {r} {now} {:?}", s.fetch_for_receiver(&receiver(r), 0, 1_000, now)?));
-            seen.push(format!("receiver page {r} {now} {:?}", s.fetch_for_receiver(&receiver(r), 3, 2, now)?));
+            seen.push(format!(
+                "receiver page {r} {now} {:?}",
+                s.fetch_for_receiver(&receiver(r), 3, 2, now)?
+            ));
         }
     }
     for t in 0..TAGS {

@@ -1,0 +1,874 @@
+//! End-to-end tests of `pigeonhole serve`: a real relay process on a temporary data
+//! directory, driven over HTTP with requests signed by `pigeonhole-proto`.
+//!
+//! Every test starts its own relay(s) (a relay is one process; nothing is shared between
+//! tests), and read-only checks within a test share that test's relay. The crash test's round
+//! count is `PIGEONHOLE_CRASH_ROUNDS` (default 3).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code: a panic is a failed test")]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use pigeonhole_proto::keys::PublicKey;
+use pigeonhole_proto::payload::Payload;
+use pigeonhole_proto::receipt::{RelayDocument, RelayInfo, UsageReport, WriteReceipt};
+use pigeonhole_proto::request::{Request, SignedMessage};
+use pigeonhole_proto::seal::open;
+use rand_core::{OsRng, RngCore as _};
+use serde_json::Value;
+
+/// Settings for relays that take a burst of writes from one address.
+const UNLIMITED_RATE: [&str; 4] =
+    ["--set", "limits.requests_per_sec_per_ip=100000", "--set", "limits.burst_per_ip=100000"];
+
+fn s(v: &Value) -> &str {
+    v.as_str().unwrap_or_else(|| panic!("not a string: {v}"))
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not an integer: {v}"))
+}
+
+/// Parses and verifies a write receipt from a write answer.
+#[track_caller]
+fn receipt_of(body: &Value, relay: &PublicKey) -> WriteReceipt {
+    let receipt = WriteReceipt::from_json(&body["receipt"].to_string()).expect("receipt JSON");
+    receipt.verify(relay).expect("the receipt verifies under the relay key");
+    receipt
+}
+
+/// Decodes a base64 relay document.
+fn document(body: &Value) -> RelayDocument {
+    RelayDocument::from_bytes(&base64_decode(s(&body["document"]))).expect("document bytes")
+}
+
+/// The text of the letter inside a read answer's record, opened with the receiver's key.
+fn opened_text(read_body: &Value, receiver: &Person) -> (SignedMessage, String) {
+    let record = SignedMessage::from_json(&read_body["record"].to_string())
+        .expect("the served record is a signed write that verifies");
+    let Request::Write(write) = &record.message().request else { panic!("served record is not a write") };
+    let opened = open(&receiver.key, &write.content).expect("the receiver opens the letter");
+    assert_eq!(opened.letter.recipient, receiver.pk());
+    assert_eq!(opened.letter.sender, Some(record.message().from), "letter signed by the writer");
+    let Payload::Text(text) = opened.letter.payload else { panic!("not a text letter") };
+    (record, text)
+}
+
+fn ids(inventory: &[(String, u64)]) -> Vec<&str> {
+    inventory.iter().map(|(id, _)| id.as_str()).collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. Happy path
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn happy_path_write_receipt_read_inventory_delete() {
+    let relay = Relay::start(&[]).await;
+    let (alice, bob) = (Person::new("alice"), Person::new("bob"));
+
+    // The relay's info: a signed document under the key /health names.
+    let info = relay.get("/v1/info").await;
+    let body = info.ok(200);
+    assert_eq!(s(&body["relay"]), relay.relay_key.to_hex());
+    let doc = document(body);
+    assert_eq!(doc.relay, relay.relay_key);
+    assert_eq!(doc.timestamp, u(&body["timestamp"]));
+    let signed_info = RelayInfo::from_document(&doc, &relay.relay_key).expect("info document verifies");
+    assert!(RelayInfo::from_document(&doc, &random_key()).is_err(), "verifies only under the relay key");
+    let json_info: RelayInfo = serde_json::from_value(body["info"].clone()).expect("info JSON");
+    assert_eq!(signed_info, json_info, "the JSON info is what the document signs");
+    assert_eq!((signed_info.policy, signed_info.pull_limit, signed_info.max_skew_secs), (0, 0, 120));
+    assert!(signed_info.software.starts_with("pigeonhole/"));
+
+    // Registration is idempotent: 201 then 200.
+    let reg = relay.register(&alice, None).await;
+    let account = &reg.ok(201)["account"];
+    assert_eq!((s(&account["key"]), s(&account["status"])), (alice.hex().as_str(), "active"));
+    relay.register(&alice, None).await.ok(200);
+
+    // Write: 201 with a receipt that verifies and names exactly this record.
+    let text = "Hello Bob — it's Alice. 🐦";
+    let signed = alice.signed(write_msg(&alice, &bob.pk(), "msg-0001", text));
+    let first = relay.put_write(&signed).await;
+    let body = first.ok(201);
+    assert_eq!(body["duplicate"], false);
+    let seq = u(&body["seq"]);
+    let receipt = receipt_of(body, &relay.relay_key);
+    assert!(receipt.verify(&random_key()).is_err(), "a receipt verifies only under its relay");
+    let leaf = &receipt.leaf;
+    assert_eq!((leaf.relay, leaf.owner, leaf.receiver), (relay.relay_key, alice.pk(), bob.pk()));
+    assert_eq!((leaf.record_id.as_str(), leaf.seq), ("msg-0001", seq));
+    assert_eq!(leaf.record_hash, signed.message().record_hash());
+    assert_eq!(leaf.expires_at - leaf.stored_at, 3_600_000, "the requested TTL");
+
+    // The same signed write again: 200, duplicate, same seq, the original leaf.
+    let again = relay.put_write(&signed).await;
+    let body = again.ok(200);
+    assert_eq!((body["duplicate"].clone(), u(&body["seq"])), (Value::Bool(true), seq));
+    let dup_receipt = receipt_of(body, &relay.relay_key);
+    assert_eq!(dup_receipt.leaf, receipt.leaf, "a duplicate's receipt names the original record");
+
+    // Same record id, different content: 409 conflict.
+    relay.write(&alice, &bob.pk(), "msg-0001", "something else").await.err(409, "conflict");
+
+    // A record id using every allowed punctuation character.
+    let second = relay.write(&alice, &bob.pk(), "A.z_0~9-x", "second").await;
+    let seq2 = u(&second.ok(201)["seq"]);
+    assert!(seq2 > seq);
+
+    // Bob reads: the exact signed write, whose letter opens to the exact text.
+    let read = relay.read(&bob, &alice.pk(), &bob.pk(), "msg-0001").await;
+    let body = read.ok(200);
+    assert_eq!((s(&body["recordId"]), u(&body["seq"])), ("msg-0001", seq));
+    assert_eq!((body["exhausted"].clone(), u(&body["pulls"])), (Value::Bool(false), 1));
+    let (record, opened) = opened_text(body, &bob);
+    assert_eq!(record, signed, "the relay serves the signed write byte for byte");
+    assert_eq!(opened, text);
+    let Request::Write(write) = &record.message().request else { unreachable!() };
+    assert!(open(&alice.key, &write.content).is_err(), "only Bob can open it");
+    let read2 = relay.read(&bob, &alice.pk(), &bob.pk(), "A.z_0~9-x").await;
+    assert_eq!(opened_text(read2.ok(200), &bob).1, "second");
+
+    // Inventory lists both, in order, with sizes.
+    let page = relay.inventory_page(&bob, &alice.pk(), &bob.pk(), None, 100).await;
+    let body = page.ok(200);
+    assert_eq!(u(&body["lastSeq"]), seq2);
+    assert_eq!(u(&body["records"][0]["size"]), signed.to_bytes().len() as u64);
+    let inventory = relay.inventory(&bob, &alice.pk(), &bob.pk()).await;
+    assert_eq!(inventory, vec![("msg-0001".to_owned(), seq), ("A.z_0~9-x".to_owned(), seq2)]);
+
+    // Alice deletes; Bob's read is 404; a second delete is 404.
+    let deleted = relay.delete(&alice, &bob.pk(), "msg-0001").await;
+    assert_eq!(deleted.ok(200)["deleted"], true);
+    relay.read(&bob, &alice.pk(), &bob.pk(), "msg-0001").await.err(404, "not_found");
+    relay.delete(&alice, &bob.pk(), "msg-0001").await.err(404, "not_found");
+    assert_eq!(relay.inventory(&bob, &alice.pk(), &bob.pk()).await, vec![("A.z_0~9-x".to_owned(), seq2)]);
+
+    // Metrics are served and count requests.
+    let metrics = relay.get("/metrics").await;
+    assert_eq!(metrics.status, 200);
+    assert!(metrics.text.contains("pigeonhole_requests_total"), "{}", metrics.text);
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. Authorization matrix
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Alice, whose outbox it is.
+    Owner,
+    /// Bob, the outbox's receiver (registered).
+    Receiver,
+    /// Carol, registered, unrelated.
+    Third,
+    /// Dave, a key with no account.
+    Unregistered,
+    /// Mallory signs, then claims to be whoever the operation needs (Alice or Bob).
+    Forged,
+    /// No request at all: an empty body.
+    Empty,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Write,
+    Read,
+    Inventory,
+    Listen,
+    Usage,
+    Delete,
+}
+
+/// What a cell must answer: a success status, or an error status and code.
+#[derive(Debug, Clone, Copy)]
+enum Expect {
+    Ok(u16),
+    Err(u16, &'static str),
+}
+
+struct Cast {
+    alice: Person,
+    bob: Person,
+    carol: Person,
+    dave: Person,
+    mallory: Person,
+}
+
+impl Cast {
+    fn actor(&self, role: Role) -> &Person {
+        match role {
+            Role::Owner => &self.alice,
+            Role::Receiver => &self.bob,
+            Role::Third => &self.carol,
+            Role::Unregistered => &self.dave,
+            Role::Forged | Role::Empty => &self.mallory,
+        }
+    }
+}
+
+/// The HTTP method, path and body `role` sends for `op` on Alice's outbox for Bob.
+fn matrix_request(cast: &Cast, relay: &PublicKey, op: Op, role: Role) -> (reqwest::Method, String, String) {
+    let (alice, bob) = (cast.alice.pk(), cast.bob.pk());
+    let actor = cast.actor(role);
+    let (method, path, message) = match op {
+        Op::Write => {
+            let id = format!("w-{role:?}");
+            (reqwest::Method::PUT, record_path(&alice, &bob, &id), write_msg(actor, &bob, &id, "matrix"))
+        }
+        Op::Read => (
+            reqwest::Method::POST,
+            record_path(&alice, &bob, "m1"),
+            read_msg(actor, relay, &alice, &bob, "m1"),
+        ),
+        Op::Inventory => (
+            reqwest::Method::POST,
+            outbox_path(&alice, &bob),
+            inventory_msg(actor, relay, &alice, &bob, None, 100),
+        ),
+        Op::Listen => (
+            reqwest::Method::POST,
+            format!("{}?wait=0", outbox_path(&alice, &bob)),
+            listen_msg(actor, relay, &alice, &bob, None),
+        ),
+        Op::Usage => (reqwest::Method::POST, "/v1/usage".to_owned(), usage_msg(actor, relay, None, None)),
+        Op::Delete => (
+            reqwest::Method::POST,
+            record_path(&alice, &bob, "victim"),
+            delete_msg(actor, relay, &bob, "victim"),
+        ),
+    };
+    let body = match role {
+        Role::Empty => String::new(),
+        Role::Forged => {
+            // Claim the identity the operation would need; the signature is Mallory's.
+            let claimed = match op {
+                Op::Read | Op::Inventory | Op::Listen => &cast.bob,
+                _ => &cast.alice,
+            };
+            let json = actor.sign(message);
+            let forged = json.replace(
+                &format!("\"from\":\"{}\"", actor.hex()),
+                &format!("\"from\":\"{}\"", claimed.hex()),
+            );
+            assert_ne!(forged, json);
+            forged
+        }
+        _ => actor.sign(message),
+    };
+    (method, path, body)
+}
+
+fn matrix_expect(op: Op, role: Role) -> Expect {
+    use Expect::{Err, Ok};
+    use Role::*;
+    const MISMATCH: Expect = Err(400, "path_mismatch");
+    const FORBIDDEN: Expect = Err(403, "forbidden");
+    match (role, op) {
+        (Forged, _) => Err(401, "bad_signature"),
+        (Empty, _) => Err(400, "bad_request"),
+        (Owner, Op::Write) => Ok(201),
+        // Anyone else's write names their own key as the owner: not this path.
+        (_, Op::Write) => MISMATCH,
+        (Receiver, Op::Read) => Ok(200),
+        (_, Op::Read) => FORBIDDEN,
+        (Owner | Receiver, Op::Inventory | Op::Listen) => Ok(200),
+        (_, Op::Inventory | Op::Listen) => FORBIDDEN,
+        (_, Op::Usage) => Ok(200),
+        (Owner, Op::Delete) => Ok(200),
+        // A delete's owner is its signer: anyone else's delete names another outbox.
+        (_, Op::Delete) => MISMATCH,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_matrix() {
+    let relay = Relay::start(&[]).await;
+    let cast = Cast {
+        alice: Person::new("alice"),
+        bob: Person::new("bob"),
+        carol: Person::new("carol"),
+        dave: Person::new("dave"),
+        mallory: Person::new("mallory"),
+    };
+    let (alice, bob, carol) = (&cast.alice, &cast.bob, &cast.carol);
+    for who in [alice, bob, carol] {
+        relay.register(who, None).await.ok(201);
+    }
+    let m1 = u(&relay.write(alice, &bob.pk(), "m1", "for Bob").await.ok(201)["seq"]);
+    relay.write(alice, &bob.pk(), "victim", "to be deleted").await.ok(201);
+    let c1 = u(&relay.write(carol, &bob.pk(), "c1", "Carol's own").await.ok(201)["seq"]);
+
+    let roles = [Role::Receiver, Role::Third, Role::Unregistered, Role::Forged, Role::Empty, Role::Owner];
+    let ops = [Op::Write, Op::Read, Op::Inventory, Op::Listen, Op::Usage, Op::Delete];
+    let mut failures = Vec::new();
+    for op in ops {
+        for role in roles {
+            let (method, path, body) = matrix_request(&cast, &relay.relay_key, op, role);
+            let resp =
+                send(&relay.http, method, &format!("{}{path}", relay.url), Some(body)).await.expect("sends");
+            let expected = matrix_expect(op, role);
+            let ok = match expected {
+                Expect::Ok(status) => resp.status == status,
+                Expect::Err(status, code) => resp.status == status && resp.json["code"] == code,
+            };
+            if !ok {
+                failures.push(format!(
+                    "{op:?} by {role:?}: expected {expected:?}, got {} {}",
+                    resp.status, resp.text
+                ));
+                continue;
+            }
+            match expected {
+                Expect::Err(..) => resp.assert_error_shape(),
+                Expect::Ok(_) => match op {
+                    Op::Usage => {
+                        // Only the signer's own outboxes: Alice sees Bob's one read of m1.
+                        let actor = cast.actor(role);
+                        let report = UsageReport::from_document(&document(&resp.json), &relay.relay_key)
+                            .expect("usage document verifies");
+                        assert_eq!(report.account, actor.pk(), "{role:?}");
+                        let reads: Vec<_> =
+                            report.reads.iter().map(|r| (r.receiver, r.record_id.as_str())).collect();
+                        let expected_reads =
+                            if role == Role::Owner { vec![(bob.pk(), "m1")] } else { vec![] };
+                        assert_eq!(reads, expected_reads, "usage of {role:?}");
+                    }
+                    Op::Inventory | Op::Listen => {
+                        let n = resp.json["records"].as_array().expect("records").len();
+                        assert_eq!(n, 3, "{op:?} by {role:?}: m1, victim, w-Owner");
+                    }
+                    _ => {}
+                },
+            }
+        }
+    }
+    assert!(failures.is_empty(), "authorization matrix failures:\n{}", failures.join("\n"));
+
+    // Extra cells: writes into one's own outbox need an account; requests that sign one
+    // outbox but are sent to another's path are refused.
+    let dave = &cast.dave;
+    relay.write(dave, &bob.pk(), "d1", "no account").await.err(403, "no_account");
+    let carol_signs_bob_path = carol.sign(read_msg(carol, &relay.relay_key, &alice.pk(), &carol.pk(), "m1"));
+    relay
+        .post(&record_path(&alice.pk(), &bob.pk(), "m1"), carol_signs_bob_path)
+        .await
+        .err(400, "path_mismatch");
+    let carol_inventory =
+        carol.sign(inventory_msg(carol, &relay.relay_key, &alice.pk(), &carol.pk(), None, 10));
+    relay.post(&outbox_path(&alice.pk(), &bob.pk()), carol_inventory).await.err(400, "path_mismatch");
+    let bob_deletes = bob.sign(delete_msg(bob, &relay.relay_key, &bob.pk(), "m1"));
+    relay.post(&record_path(&alice.pk(), &bob.pk(), "m1"), bob_deletes).await.err(400, "path_mismatch");
+    let stolen = alice.signed(write_msg(alice, &bob.pk(), "m9", "Alice's"));
+    relay.put(&record_path(&alice.pk(), &carol.pk(), "m9"), stolen.to_json()).await.err(400, "path_mismatch");
+
+    // Nothing changed but what the owner did: m1 and her matrix write remain, victim is gone.
+    let inventory = relay.inventory(bob, &alice.pk(), &bob.pk()).await;
+    assert_eq!(ids(&inventory), ["m1", "w-Owner"]);
+    assert_eq!(inventory[0].1, m1);
+    assert_eq!(relay.inventory(bob, &carol.pk(), &bob.pk()).await, vec![("c1".to_owned(), c1)]);
+    assert!(relay.inventory(bob, &dave.pk(), &bob.pk()).await.is_empty());
+    for (owner, receiver) in [(bob, bob), (carol, carol), (dave, dave)] {
+        assert!(relay.inventory(receiver, &owner.pk(), &bob.pk()).await.len() <= 1);
+    }
+    let read = relay.read(bob, &alice.pk(), &bob.pk(), "m1").await;
+    assert_eq!(opened_text(read.ok(200), bob).1, "for Bob");
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. Bad input
+
+struct Case {
+    what: &'static str,
+    method: &'static str,
+    path: String,
+    body: Vec<u8>,
+    status: u16,
+    code: &'static str,
+}
+
+fn case(
+    what: &'static str,
+    method: &'static str,
+    path: String,
+    body: impl Into<Vec<u8>>,
+    status: u16,
+    code: &'static str,
+) -> Case {
+    Case { what, method, path, body: body.into(), status, code }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_with_json_errors_and_changes_nothing() {
+    let relay = Relay::start(&[]).await;
+    let rk = relay.relay_key;
+    let (alice, bob, carol, mallory) =
+        (Person::new("alice"), Person::new("bob"), Person::new("carol"), Person::new("mallory"));
+    relay.register(&alice, None).await.ok(201);
+    let m1 = u(&relay.write(&alice, &bob.pk(), "m1", "hello").await.ok(201)["seq"]);
+    let (a, b) = (alice.pk(), bob.pk());
+    let m1_path = record_path(&a, &b, "m1");
+    let outbox = outbox_path(&a, &b);
+    let read_m1 = || bob.sign(read_msg(&bob, &rk, &a, &b, "m1"));
+    let new_write = |id: &str| alice.sign(write_msg(&alice, &b, id, "bad"));
+    let with_ts = |mut message: pigeonhole_proto::request::Message, ts: u64| {
+        message.timestamp = ts;
+        message
+    };
+    let hex_a = a.to_hex();
+    let hex_b = b.to_hex();
+
+    let mut cases = vec![
+        // Bodies that are not a request.
+        case("malformed JSON", "PUT", record_path(&a, &b, "x1"), "{\"msg\":", 400, "bad_request"),
+        case("not JSON", "POST", m1_path.clone(), "hello", 400, "bad_request"),
+        case("empty body", "POST", m1_path.clone(), "", 400, "bad_request"),
+        case("JSON array", "POST", "/v1/usage".into(), "[]", 400, "bad_request"),
+        case("non-UTF-8 body", "POST", m1_path.clone(), vec![0xff, 0xfe, b'{'], 400, "bad_request"),
+        case(
+            "unknown field in msg",
+            "PUT",
+            record_path(&a, &b, "x2"),
+            new_write("x2").replacen("\"msg\":{", "\"msg\":{\"extra\":0,", 1),
+            400,
+            "bad_request",
+        ),
+        case(
+            "unknown field in request",
+            "POST",
+            m1_path.clone(),
+            read_m1().replacen("\"request\":{", "\"request\":{\"extra\":0,", 1),
+            400,
+            "bad_request",
+        ),
+        case(
+            "unknown top-level field",
+            "POST",
+            m1_path.clone(),
+            {
+                let json = read_m1();
+                format!("{},\"extra\":1}}", &json[..json.len() - 1])
+            },
+            400,
+            "bad_request",
+        ),
+        case(
+            "missing sig",
+            "POST",
+            m1_path.clone(),
+            {
+                let json = read_m1();
+                let at = json.find(",\"sig\":").expect("sig");
+                format!("{}}}}}", &json[..at])
+            },
+            400,
+            "bad_request",
+        ),
+        case(
+            "unknown version v:2",
+            "POST",
+            m1_path.clone(),
+            read_m1().replace("\"v\":1", "\"v\":2"),
+            400,
+            "bad_request",
+        ),
+        case(
+            "unknown request type",
+            "POST",
+            m1_path.clone(),
+            read_m1().replace("\"type\":\"read\"", "\"type\":\"nuke\""),
+            400,
+            "bad_request",
+        ),
+        // Authentication and freshness.
+        case(
+            "tampered field (ttl)",
+            "PUT",
+            record_path(&a, &b, "x3"),
+            new_write("x3").replace("\"ttl\":3600", "\"ttl\":3601"),
+            401,
+            "bad_signature",
+        ),
+        case(
+            "tampered timestamp",
+            "POST",
+            m1_path.clone(),
+            {
+                let message = read_msg(&bob, &rk, &a, &b, "m1");
+                let ts = message.timestamp;
+                bob.sign(message)
+                    .replace(&format!("\"timestamp\":{ts}"), &format!("\"timestamp\":{}", ts + 1))
+            },
+            401,
+            "bad_signature",
+        ),
+        case(
+            "signed by another key than `from`",
+            "POST",
+            m1_path.clone(),
+            mallory
+                .sign(read_msg(&mallory, &rk, &a, &b, "m1"))
+                .replace(&format!("\"from\":\"{}\"", mallory.hex()), &format!("\"from\":\"{hex_b}\"")),
+            401,
+            "bad_signature",
+        ),
+        case(
+            "stale timestamp (now - 10 min)",
+            "POST",
+            m1_path.clone(),
+            bob.sign(with_ts(read_msg(&bob, &rk, &a, &b, "m1"), now_ms() - 600_000)),
+            401,
+            "stale_request",
+        ),
+        case(
+            "future timestamp (now + 10 min)",
+            "POST",
+            m1_path.clone(),
+            bob.sign(with_ts(read_msg(&bob, &rk, &a, &b, "m1"), now_ms() + 600_000)),
+            401,
+            "stale_request",
+        ),
+        case(
+            "stale write",
+            "PUT",
+            record_path(&a, &b, "x4"),
+            alice.sign(with_ts(write_msg(&alice, &b, "x4", "old"), now_ms() - 600_000)),
+            401,
+            "stale_request",
+        ),
+        case(
+            "read addressed to another relay",
+            "POST",
+            m1_path.clone(),
+            bob.sign(read_msg(&bob, &random_key(), &a, &b, "m1")),
+            403,
+            "wrong_relay",
+        ),
+        case(
+            "inventory addressed to another relay",
+            "POST",
+            outbox.clone(),
+            bob.sign(inventory_msg(&bob, &random_key(), &a, &b, None, 10)),
+            403,
+            "wrong_relay",
+        ),
+        case(
+            "register addressed to another relay",
+            "POST",
+            "/v1/accounts".into(),
+            carol.sign(register_msg(&carol, &random_key(), None)),
+            403,
+            "wrong_relay",
+        ),
+        // Paths.
+        case(
+            "non-hex owner",
+            "POST",
+            format!("/v1/{}/outbox/{hex_b}/m1", "zz".repeat(32)),
+            read_m1(),
+            400,
+            "bad_request",
+        ),
+        case(
+            "63-hex owner",
+            "POST",
+            format!("/v1/{}/outbox/{hex_b}/m1", &hex_a[1..]),
+            read_m1(),
+            400,
+            "bad_request",
+        ),
+        case(
+            "owner off the curve",
+            "POST",
+            format!("/v1/{}/outbox/{hex_b}/m1", "ff".repeat(32)),
+            read_m1(),
+            400,
+            "bad_request",
+        ),
+        case(
+            "non-hex receiver (outbox)",
+            "POST",
+            format!("/v1/{hex_a}/outbox/bob"),
+            read_m1(),
+            400,
+            "bad_request",
+        ),
+        case("record id ..", "POST", format!("/v1/{hex_a}/outbox/{hex_b}/.."), read_m1(), 400, "bad_request"),
+        case(
+            "record id %2e%2e",
+            "POST",
+            format!("/v1/{hex_a}/outbox/{hex_b}/%2e%2e"),
+            read_m1(),
+            400,
+            "bad_request",
+        ),
+        case("record id .", "POST", format!("/v1/{hex_a}/outbox/{hex_b}/."), read_m1(), 400, "bad_request"),
+        case(
+            "record id empty (trailing slash)",
+            "POST",
+            format!("/v1/{hex_a}/outbox/{hex_b}/"),
+            read_m1(),
+            404,
+            "not_found",
+        ),
+        case(
+            "record id of 129 chars",
+            "POST",
+            record_path(&a, &b, &"a".repeat(129)),
+            read_m1(),
+            400,
+            "bad_request",
+        ),
+        case(
+            "record id a%2Fb",
+            "POST",
+            format!("/v1/{hex_a}/outbox/{hex_b}/a%2Fb"),
+            read_m1(),
+            400,
+            "bad_request",
+        ),
+        case(
+            "record id with a space",
+            "POST",
+            format!("/v1/{hex_a}/outbox/{hex_b}/a%20b"),
+            read_m1(),
+            400,
+            "bad_request",
+        ),
+        case(
+            "record id non-ASCII",
+            "POST",
+            format!("/v1/{hex_a}/outbox/{hex_b}/%C3%A9"),
+            read_m1(),
+            400,
+            "bad_request",
+        ),
+        case(
+            "path record id differs from signed",
+            "POST",
+            record_path(&a, &b, "m2"),
+            read_m1(),
+            400,
+            "path_mismatch",
+        ),
+        case(
+            "path owner differs from signed",
+            "POST",
+            record_path(&carol.pk(), &b, "m1"),
+            read_m1(),
+            400,
+            "path_mismatch",
+        ),
+        case(
+            "write to a path naming another receiver",
+            "PUT",
+            record_path(&a, &carol.pk(), "x5"),
+            new_write("x5"),
+            400,
+            "path_mismatch",
+        ),
+        // Wrong request type for the endpoint.
+        case("PUT a read", "PUT", m1_path.clone(), read_m1(), 400, "wrong_request_type"),
+        case(
+            "POST a write to a record",
+            "POST",
+            record_path(&a, &b, "x6"),
+            new_write("x6"),
+            400,
+            "wrong_request_type",
+        ),
+        case("POST a read to an outbox", "POST", outbox.clone(), read_m1(), 400, "wrong_request_type"),
+        case("POST a write to an outbox", "POST", outbox.clone(), new_write("x7"), 400, "wrong_request_type"),
+        case(
+            "POST a usage to /v1/accounts",
+            "POST",
+            "/v1/accounts".into(),
+            carol.sign(usage_msg(&carol, &rk, None, None)),
+            400,
+            "wrong_request_type",
+        ),
+        case(
+            "POST a register to /v1/usage",
+            "POST",
+            "/v1/usage".into(),
+            carol.sign(register_msg(&carol, &rk, None)),
+            400,
+            "wrong_request_type",
+        ),
+        case(
+            "POST an inventory to a record",
+            "POST",
+            m1_path.clone(),
+            bob.sign(inventory_msg(&bob, &rk, &a, &b, None, 10)),
+            400,
+            "wrong_request_type",
+        ),
+        // Query strings.
+        case(
+            "listen wait above the maximum",
+            "POST",
+            format!("{outbox}?wait=61"),
+            bob.sign(listen_msg(&bob, &rk, &a, &b, None)),
+            400,
+            "bad_request",
+        ),
+        case(
+            "listen wait not a number",
+            "POST",
+            format!("{outbox}?wait=soon"),
+            bob.sign(listen_msg(&bob, &rk, &a, &b, None)),
+            400,
+            "bad_request",
+        ),
+        case(
+            "unknown query parameter",
+            "POST",
+            format!("{outbox}?wiat=1"),
+            bob.sign(listen_msg(&bob, &rk, &a, &b, None)),
+            400,
+            "bad_request",
+        ),
+        // Methods, endpoints, sizes.
+        case("GET a record", "GET", m1_path.clone(), "", 405, "bad_request"),
+        case("DELETE a record", "DELETE", m1_path.clone(), "", 405, "bad_request"),
+        case("unknown endpoint", "GET", "/v1/nope".into(), "", 404, "not_found"),
+        case("unknown version prefix", "GET", "/v2/info".into(), "", 404, "not_found"),
+        case("oversize body (300 KiB)", "POST", m1_path.clone(), vec![b' '; 300 * 1024], 413, "too_large"),
+    ];
+    // A body that claims a huge content (beyond the protocol's limit) cannot be signed, so it
+    // is edited in: the relay refuses it while decoding, before checking the signature.
+    let huge = {
+        let json = new_write("x8");
+        let start = json.find("\"content\":\"").expect("content") + 11;
+        let end = start + json[start..].find('"').expect("end");
+        format!("{}{}{}", &json[..start], "A".repeat(90_000), &json[end..])
+    };
+    cases.push(case(
+        "content above the protocol limit",
+        "PUT",
+        record_path(&a, &b, "x8"),
+        huge,
+        400,
+        "bad_request",
+    ));
+
+    let mut failures = Vec::new();
+    for case in &cases {
+        let resp = raw_http(relay.addr, case.method, &case.path, &case.body).await;
+        if resp.status != case.status || resp.json["code"] != case.code {
+            failures.push(format!(
+                "{}: expected {} {}, got {} {}",
+                case.what, case.status, case.code, resp.status, resp.text
+            ));
+            continue;
+        }
+        let object = resp.json.as_object();
+        if !object.is_some_and(|o| {
+            o.len() == 2 && o.get("error").and_then(Value::as_str).is_some_and(|e| !e.is_empty())
+        }) {
+            failures.push(format!("{}: error body is not {{error, code}}: {}", case.what, resp.text));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+
+    // Replays: the same signed read, inventory or usage twice is refused the second time; the
+    // same signed write twice is idempotent instead.
+    let read = read_m1();
+    relay.post(&m1_path, read.clone()).await.ok(200);
+    relay.post(&m1_path, read).await.err(409, "replay");
+    let inventory = bob.sign(inventory_msg(&bob, &rk, &a, &b, None, 10));
+    relay.post(&outbox, inventory.clone()).await.ok(200);
+    relay.post(&outbox, inventory).await.err(409, "replay");
+    let usage = alice.sign(usage_msg(&alice, &rk, None, None));
+    relay.post("/v1/usage", usage.clone()).await.ok(200);
+    relay.post("/v1/usage", usage).await.err(409, "replay");
+
+    // Upper-case hex in the path is the same key (either case is accepted).
+    let upper = format!("/v1/{}/outbox/{}/m1", hex_a.to_uppercase(), hex_b.to_uppercase());
+    relay.post(&upper, read_m1()).await.ok(200);
+
+    // Nothing was stored, deleted or registered by any of it.
+    assert_eq!(relay.inventory(&bob, &a, &b).await, vec![("m1".to_owned(), m1)]);
+    assert!(relay.inventory(&carol, &a, &carol.pk()).await.is_empty());
+    relay.write(&carol, &b, "c1", "no account").await.err(403, "no_account");
+    assert_eq!(relay.get("/health").await.ok(200)["status"], "ok");
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. Long poll
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_poll_wakes_on_a_write_and_only_for_its_outbox() {
+    let relay = Arc::new(Relay::start(&[]).await);
+    let (alice, bob, carol) = (Person::new("alice"), Person::new("bob"), Person::new("carol"));
+    relay.register(&alice, None).await.ok(201);
+    let first = u(&relay.write(&alice, &bob.pk(), "a1", "first").await.ok(201)["seq"]);
+
+    // Records after the cursor come back at once, even with a long wait.
+    let now = Instant::now();
+    let resp = relay.listen(&bob, &alice.pk(), &bob.pk(), Some(first - 1), 10).await;
+    let body = resp.ok(200);
+    assert!(now.elapsed() < Duration::from_millis(1000), "no wait when records are ready");
+    assert_eq!((body["records"].as_array().expect("records").len(), u(&body["cursor"])), (1, first));
+    assert_eq!(opened_text(&body["records"][0], &bob).1, "first");
+
+    // Bob waits after a1; Carol waits on her own outbox from Alice; Alice writes to Bob.
+    let bob_poll = {
+        let relay = relay.clone();
+        let body = bob.sign(listen_msg(&bob, &relay.relay_key, &alice.pk(), &bob.pk(), Some(first)));
+        let path = format!("{}?wait=10", outbox_path(&alice.pk(), &bob.pk()));
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let resp = relay.post(&path, body).await;
+            (resp, started, Instant::now())
+        })
+    };
+    let carol_poll = {
+        let relay = relay.clone();
+        let body = carol.sign(listen_msg(&carol, &relay.relay_key, &alice.pk(), &carol.pk(), None));
+        let path = format!("{}?wait=1", outbox_path(&alice.pk(), &carol.pk()));
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let resp = relay.post(&path, body).await;
+            (resp, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let written_at = Instant::now();
+    let write = relay.write(&alice, &bob.pk(), "a2", "second").await;
+    let second = u(&write.ok(201)["seq"]);
+
+    let (resp, poll_started, returned) = bob_poll.await.expect("join");
+    let body = resp.ok(200);
+    let records = body["records"].as_array().expect("records");
+    assert_eq!(records.len(), 1, "{}", resp.text);
+    assert_eq!((s(&records[0]["recordId"]), u(&body["cursor"])), ("a2", second));
+    assert_eq!(opened_text(&records[0], &bob).1, "second");
+    assert!(returned > written_at, "the poll waited for the write ({:?})", returned - poll_started);
+    let latency = returned - written_at;
+    assert!(latency < Duration::from_millis(1000), "woken {latency:?} after the write");
+
+    let (resp, waited) = carol_poll.await.expect("join");
+    let body = resp.ok(200);
+    assert_eq!(body["records"], Value::Array(vec![]), "Carol's outbox is empty");
+    assert!(
+        waited >= Duration::from_millis(950) && waited < Duration::from_millis(2500),
+        "Carol's wait=1 poll took {waited:?}"
+    );
+
+    // wait=0 on an empty outbox answers at once with the cursor unchanged.
+    let resp = relay.listen(&bob, &alice.pk(), &bob.pk(), Some(second), 0).await;
+    let body = resp.ok(200);
+    assert_eq!((body["records"].as_array().expect("records").len(), u(&body["cursor"])), (0, second));
+}
