@@ -872,3 +872,495 @@ async fn long_poll_wakes_on_a_write_and_only_for_its_outbox() {
     let body = resp.ok(200);
     assert_eq!((body["records"].as_array().expect("records").len(), u(&body["cursor"])), (0, second));
 }
+// ---------------------------------------------------------------------------------------
+// 5. Durability
+
+/// Writers that write continuously until `stop` or the first failed request, recording every
+/// acknowledged (201) record. Non-201 answers are collected as unexpected.
+struct Writers {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<(String, u64, SignedMessage)>>>,
+    unexpected: Arc<Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Writers {
+    fn start(relay: &Relay, alice: &Arc<Person>, receiver: PublicKey, prefix: &str, count: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let unexpected = Arc::new(Mutex::new(Vec::new()));
+        let tasks = (0..count)
+            .map(|w| {
+                let (stop, acked, unexpected) = (stop.clone(), acked.clone(), unexpected.clone());
+                let (client, url, relay_key, alice) =
+                    (relay.http.clone(), relay.url.clone(), relay.relay_key, alice.clone());
+                let prefix = format!("{prefix}-w{w}");
+                tokio::spawn(async move {
+                    for i in 0.. {
+                        if stop.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        let id = format!("{prefix}-{i}");
+                        let signed = alice.signed(write_msg(&alice, &receiver, &id, &id));
+                        match put_signed(&client, &url, &signed).await {
+                            Ok(resp) if resp.status == 201 => {
+                                let receipt = receipt_of(&resp.json, &relay_key);
+                                assert_eq!(receipt.leaf.record_hash, signed.message().record_hash());
+                                acked.lock().unwrap().push((id, u(&resp.json["seq"]), signed));
+                            }
+                            Ok(resp) => {
+                                unexpected
+                                    .lock()
+                                    .unwrap()
+                                    .push(format!("{id}: {} {}", resp.status, resp.text));
+                                return;
+                            }
+                            // The relay went away.
+                            Err(_) => return,
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self { stop, acked, unexpected, tasks }
+    }
+
+    /// Stops the writers and returns what was acknowledged and any unexpected answers.
+    async fn finish(self) -> (Vec<(String, u64, SignedMessage)>, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        for task in self.tasks {
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("writer ends")
+                .expect("writer ok");
+        }
+        let acked = std::mem::take(&mut *self.acked.lock().unwrap());
+        let unexpected = std::mem::take(&mut *self.unexpected.lock().unwrap());
+        (acked, unexpected)
+    }
+}
+
+/// Checks that every acknowledged record is in the receiver's inventory with its seq, and
+/// that a sample of them reads back byte for byte.
+async fn assert_all_present(
+    relay: &Relay,
+    alice: &Person,
+    bob: &Person,
+    acked: &BTreeMap<String, (u64, SignedMessage)>,
+    sample: &[String],
+    context: &str,
+) {
+    let inventory: HashMap<String, u64> =
+        relay.inventory(bob, &alice.pk(), &bob.pk()).await.into_iter().collect();
+    let missing: Vec<String> = acked
+        .iter()
+        .filter(|(id, (seq, _))| inventory.get(*id) != Some(seq))
+        .map(|(id, (seq, _))| format!("{id} (seq {seq}, found {:?})", inventory.get(id)))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{context}: {} of {} acknowledged records missing or changed: {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(20)]
+    );
+    for id in sample {
+        let read = relay.read(bob, &alice.pk(), &bob.pk(), id).await;
+        let (record, text) = opened_text(read.ok(200), bob);
+        assert_eq!(&record, &acked[id].1, "{context}: {id} reads back as written");
+        assert_eq!(&text, id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_commits_every_acknowledged_write_and_restart_serves_them() {
+    let mut relay = Relay::start(&UNLIMITED_RATE).await;
+    let (alice, bob) = (Arc::new(Person::new("alice")), Person::new("bob"));
+    relay.register(&alice, None).await.ok(201);
+    let relay_key = relay.relay_key;
+
+    // 50 concurrent writes, all acknowledged.
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let id = format!("g{i:02}");
+            let signed = alice.signed(write_msg(&alice, &bob.pk(), &id, &id));
+            let (client, url) = (relay.http.clone(), relay.url.clone());
+            tokio::spawn(async move { (put_signed(&client, &url, &signed).await.expect("PUT"), id, signed) })
+        })
+        .collect();
+    let mut acked = BTreeMap::new();
+    for task in tasks {
+        let (resp, id, signed) = task.await.expect("join");
+        let body = resp.ok(201);
+        receipt_of(body, &relay_key);
+        acked.insert(id, (u(&body["seq"]), signed));
+    }
+    let seqs: BTreeSet<u64> = acked.values().map(|(seq, _)| *seq).collect();
+    assert_eq!(seqs.len(), 50, "every write has its own seq");
+
+    let (status, took) = relay.terminate(Duration::from_secs(5)).await.expect("exits within 5 s of SIGTERM");
+    assert!(status.success(), "exit status after SIGTERM: {status:?} (after {took:?})");
+    relay.restart().await;
+    assert_eq!(relay.relay_key, relay_key, "the relay key survives a restart");
+    let all: Vec<String> = acked.keys().cloned().collect();
+    assert_all_present(&relay, &alice, &bob, &acked, &all, "after SIGTERM").await;
+
+    // SIGTERM while writers are busy: exit 0, and whatever was acknowledged is there.
+    let writers = Writers::start(&relay, &alice, bob.pk(), "busy", 4);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let (status, took) = relay.terminate(Duration::from_secs(5)).await.expect("exits within 5 s of SIGTERM");
+    let (busy, unexpected) = writers.finish().await;
+    assert!(status.success(), "exit status after SIGTERM under load: {status:?} (after {took:?})");
+    // A write that arrives during shutdown may be refused with 503 busy; nothing else.
+    for line in &unexpected {
+        assert!(line.contains(" 503 ") && line.contains("\"busy\""), "unexpected answer: {line}");
+    }
+    assert!(!busy.is_empty(), "some writes were acknowledged before SIGTERM");
+    let sample: Vec<String> = busy.iter().rev().take(5).map(|(id, _, _)| id.clone()).collect();
+    for (id, seq, signed) in busy {
+        acked.insert(id, (seq, signed));
+    }
+    relay.restart().await;
+    assert_all_present(&relay, &alice, &bob, &acked, &sample, "after SIGTERM under load").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_loses_no_acknowledged_write() {
+    let rounds: usize =
+        std::env::var("PIGEONHOLE_CRASH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let mut relay = Relay::start(&UNLIMITED_RATE).await;
+    let (alice, bob) = (Arc::new(Person::new("alice")), Person::new("bob"));
+    relay.register(&alice, None).await.ok(201);
+    let mut acked = BTreeMap::new();
+    for round in 0..rounds {
+        let writers = Writers::start(&relay, &alice, bob.pk(), &format!("r{round}"), 8);
+        let delay = 100 + u64::from(OsRng.next_u32() % 401);
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        relay.kill9();
+        let (this_round, unexpected) = writers.finish().await;
+        assert!(unexpected.is_empty(), "round {round}: answers other than 201: {unexpected:?}");
+        assert!(!this_round.is_empty(), "round {round}: nothing acknowledged in {delay} ms");
+        let sample: Vec<String> = this_round.iter().rev().take(5).map(|(id, _, _)| id.clone()).collect();
+        for (id, seq, signed) in this_round {
+            acked.insert(id, (seq, signed));
+        }
+        relay.restart().await;
+        let context = format!("round {round} (killed after {delay} ms)");
+        assert_all_present(&relay, &alice, &bob, &acked, &sample, &context).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_is_not_held_up_by_an_open_long_poll() {
+    let mut relay = Relay::start(&[]).await;
+    let (alice, bob) = (Person::new("alice"), Person::new("bob"));
+    let body = bob.sign(listen_msg(&bob, &relay.relay_key, &alice.pk(), &bob.pk(), None));
+    let url = format!("{}{}?wait=10", relay.url, outbox_path(&alice.pk(), &bob.pk()));
+    let client = relay.http.clone();
+    let poll = tokio::spawn(async move { send(&client, reqwest::Method::POST, &url, Some(body)).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopped = relay.terminate(Duration::from_secs(5)).await;
+    let _ = poll.await;
+    let (status, took) = stopped
+        .expect("the relay did not exit within 5 s of SIGTERM while one `listen?wait=10` long poll was open");
+    assert!(status.success(), "{status:?} after {took:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. Policies and limits
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invite_policy_operator_accounts_and_invite_codes() {
+    let mut relay = Relay::start(&["--policy", "invite"]).await;
+    let (alice, bob, carol, dave) =
+        (Person::new("alice"), Person::new("bob"), Person::new("carol"), Person::new("dave"));
+    let info = relay.get("/v1/info").await;
+    assert_eq!(RelayInfo::from_document(&document(info.ok(200)), &relay.relay_key).expect("info").policy, 1);
+
+    relay.register(&alice, None).await.err(403, "invite_required");
+    relay.register(&alice, Some("abc")).await.err(403, "invite_required");
+    relay.write(&alice, &bob.pk(), "m1", "hi").await.err(403, "no_account");
+
+    // The operator adds Alice (hex) and Carol (pigeon1…, JSON output) with the relay stopped.
+    let (status, _) = relay.terminate(Duration::from_secs(5)).await.expect("stops");
+    assert!(status.success());
+    let data = relay.data_dir();
+    let data = data.to_str().expect("utf-8 path");
+    let out = run_cli(
+        &["serve", "account", "add", &alice.hex(), "--data", data],
+        &relay.data_dir(),
+        Duration::from_secs(20),
+    );
+    assert!(out.status.success(), "account add failed: {out:?}");
+    assert!(out.stdout.contains("is active"), "{out:?}");
+    let carol_b32 = carol.pk().to_bech32m();
+    let out = run_cli(
+        &["serve", "account", "add", &carol_b32, "--data", data, "--json"],
+        &relay.data_dir(),
+        Duration::from_secs(20),
+    );
+    assert!(out.status.success(), "account add --json failed: {out:?}");
+    let json: Value = serde_json::from_str(out.stdout.trim()).expect("JSON output");
+    assert_eq!((s(&json["key"]), s(&json["status"])), (carol.hex().as_str(), "active"));
+
+    relay.restart().await;
+    relay.write(&alice, &bob.pk(), "m1", "hi").await.ok(201);
+    relay.write(&carol, &bob.pk(), "c1", "hi").await.ok(201);
+    relay.register(&alice, None).await.ok(200);
+    relay.register(&dave, None).await.err(403, "invite_required");
+
+    // While the relay runs, `account add` refuses to touch its store.
+    let out = run_cli(
+        &["serve", "account", "add", &dave.hex(), "--data", data],
+        &relay.data_dir(),
+        Duration::from_secs(20),
+    );
+    assert!(!out.status.success(), "account add must refuse a store in use: {out:?}");
+    assert!(out.stderr.contains("stop the relay"), "{out:?}");
+
+    // With invite codes: the right code registers, a wrong one does not.
+    relay.terminate(Duration::from_secs(5)).await.expect("stops");
+    relay.set_args(&["--policy", "invite", "--set", r#"accounts.invite_codes=["abc"]"#]);
+    relay.restart().await;
+    relay.register(&dave, Some("abd")).await.err(403, "invite_required");
+    relay.register(&dave, None).await.err(403, "invite_required");
+    let reg = relay.register(&dave, Some("abc")).await;
+    assert_eq!(s(&reg.ok(201)["account"]["key"]), dave.hex());
+    relay.write(&dave, &bob.pk(), "d1", "invited").await.ok(201);
+    relay.write(&alice, &bob.pk(), "m2", "still here").await.ok(201);
+    let ids_now = relay.inventory(&bob, &alice.pk(), &bob.pk()).await;
+    assert_eq!(ids(&ids_now), ["m1", "m2"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_limit_record_size_limit_and_usage_reports() {
+    let relay =
+        Relay::start(&["--set", "limits.pull_limit=1", "--set", "limits.max_record_bytes=1000"]).await;
+    let (alice, bob, carol) = (Person::new("alice"), Person::new("bob"), Person::new("carol"));
+    let info = RelayInfo::from_document(&document(relay.get("/v1/info").await.ok(200)), &relay.relay_key)
+        .expect("info");
+    assert_eq!((info.pull_limit, info.max_record_bytes), (1, 1000));
+    relay.register(&alice, None).await.ok(201);
+
+    // Record size limit.
+    let too_big = alice.signed(write_raw(&alice, &bob.pk(), "big", 60, vec![7; 1001]));
+    relay.put_write(&too_big).await.err(413, "too_large");
+    let fits = alice.signed(write_raw(&alice, &bob.pk(), "fits", 60, vec![7; 1000]));
+    relay.put_write(&fits).await.ok(201);
+    relay.delete(&alice, &bob.pk(), "fits").await.ok(200);
+
+    // Pull limit 1: the first read exhausts the record, the second finds nothing.
+    let m1 = alice.signed(write_msg(&alice, &bob.pk(), "m1", "one"));
+    let m2 = alice.signed(write_msg(&alice, &bob.pk(), "m2", "two"));
+    relay.put_write(&m1).await.ok(201);
+    relay.put_write(&m2).await.ok(201);
+    let before_reads = now_ms();
+    let read = relay.read(&bob, &alice.pk(), &bob.pk(), "m1").await;
+    let body = read.ok(200);
+    assert_eq!(
+        (body["exhausted"].clone(), u(&body["pulls"]), u(&body["maxPulls"])),
+        (Value::Bool(true), 1, 1)
+    );
+    assert_eq!(opened_text(body, &bob).1, "one");
+    relay.read(&bob, &alice.pk(), &bob.pk(), "m1").await.err(404, "not_found");
+    assert_eq!(ids(&relay.inventory(&bob, &alice.pk(), &bob.pk()).await), ["m2"]);
+    assert_eq!(relay.read(&bob, &alice.pk(), &bob.pk(), "m2").await.ok(200)["exhausted"], true);
+    assert!(relay.inventory(&bob, &alice.pk(), &bob.pk()).await.is_empty());
+    let after_reads = now_ms() + 1;
+
+    // Alice's usage: exactly Bob's two reads, signed by the relay.
+    let resp = relay.usage(&alice, None, None).await;
+    let body = resp.ok(200);
+    let report =
+        UsageReport::from_document(&document(body), &relay.relay_key).expect("usage document verifies");
+    assert!(UsageReport::from_document(&document(body), &random_key()).is_err());
+    let json_report: UsageReport = serde_json::from_value(body["report"].clone()).expect("report JSON");
+    assert_eq!(report, json_report, "the JSON report is what the document signs");
+    assert_eq!(report.account, alice.pk());
+    let reads: Vec<_> = report.reads.iter().map(|r| (r.receiver, r.record_id.as_str(), r.bytes)).collect();
+    assert_eq!(
+        reads,
+        vec![(bob.pk(), "m1", m1.to_bytes().len() as u32), (bob.pk(), "m2", m2.to_bytes().len() as u32)]
+    );
+    assert!(report.reads.iter().all(|r| (before_reads..after_reads).contains(&r.read_at)));
+
+    // Windows select by read time; other accounts see none of Alice's reads.
+    let late = relay.usage(&alice, Some(after_reads), None).await;
+    assert_eq!(late.ok(200)["report"]["reads"], Value::Array(vec![]));
+    let early = relay.usage(&alice, None, Some(before_reads)).await;
+    assert_eq!(early.ok(200)["report"]["reads"], Value::Array(vec![]));
+    for who in [&bob, &carol] {
+        let resp = relay.usage(who, None, None).await;
+        let report = UsageReport::from_document(&document(resp.ok(200)), &relay.relay_key).expect("verifies");
+        assert_eq!((report.account, report.reads.len()), (who.pk(), 0));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_defaults_caps_and_expiry() {
+    let relay = Relay::start(&[]).await;
+    let (alice, bob) = (Person::new("alice"), Person::new("bob"));
+    relay.register(&alice, None).await.ok(201);
+    let ttl_ms = |resp: &Resp| {
+        let leaf = receipt_of(resp.ok(201), &relay.relay_key).leaf;
+        leaf.expires_at - leaf.stored_at
+    };
+    let zero = relay.put_write(&alice.signed(write_raw(&alice, &bob.pk(), "t0", 0, vec![1]))).await;
+    assert_eq!(ttl_ms(&zero), 30 * 86_400_000, "ttl 0 takes the default");
+    let long = relay.put_write(&alice.signed(write_raw(&alice, &bob.pk(), "tmax", u32::MAX, vec![1]))).await;
+    assert_eq!(ttl_ms(&long), 90 * 86_400_000, "ttl is capped at the maximum");
+    let short = relay.put_write(&alice.signed(write_raw(&alice, &bob.pk(), "t1", 1, vec![1]))).await;
+    assert_eq!(ttl_ms(&short), 1000);
+    // The protocol's largest content is accepted by default.
+    let max = pigeonhole_proto::request::MAX_CONTENT_LEN;
+    relay.put_write(&alice.signed(write_raw(&alice, &bob.pk(), "huge", 60, vec![9; max]))).await.ok(201);
+
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    relay.read(&bob, &alice.pk(), &bob.pk(), "t1").await.err(404, "not_found");
+    assert_eq!(ids(&relay.inventory(&bob, &alice.pk(), &bob.pk()).await), ["t0", "tmax", "huge"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_to_one_path_store_one_record() {
+    let relay = Arc::new(Relay::start(&UNLIMITED_RATE).await);
+    let (alice, bob) = (Person::new("alice"), Person::new("bob"));
+    relay.register(&alice, None).await.ok(201);
+
+    // The same signed write 16 times at once: one 201, fifteen duplicates, one seq.
+    let same = alice.signed(write_msg(&alice, &bob.pk(), "same", "once"));
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (relay, same) = (relay.clone(), same.clone());
+            tokio::spawn(async move { relay.put_write(&same).await })
+        })
+        .collect();
+    let mut statuses = BTreeMap::new();
+    let mut seqs = BTreeSet::new();
+    for task in tasks {
+        let resp = task.await.expect("join");
+        *statuses.entry(resp.status).or_insert(0) += 1;
+        if resp.status < 300 {
+            seqs.insert(u(&resp.json["seq"]));
+            assert_eq!(resp.json["duplicate"], resp.status == 200, "{}", resp.text);
+            receipt_of(&resp.json, &relay.relay_key);
+        }
+    }
+    assert_eq!(statuses, BTreeMap::from([(200, 15), (201, 1)]));
+    assert_eq!(seqs.len(), 1);
+
+    // Eight different writes to one record id at once: one wins, seven conflict.
+    let rivals: Vec<SignedMessage> =
+        (0..8).map(|i| alice.signed(write_msg(&alice, &bob.pk(), "race", &format!("rival {i}")))).collect();
+    let tasks: Vec<_> = rivals
+        .iter()
+        .cloned()
+        .map(|signed| {
+            let relay = relay.clone();
+            tokio::spawn(async move { relay.put_write(&signed).await })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for (i, task) in tasks.into_iter().enumerate() {
+        let resp = task.await.expect("join");
+        match resp.status {
+            201 => winners.push(i),
+            _ => resp.err(409, "conflict"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one rival is stored");
+    let read = relay.read(&bob, &alice.pk(), &bob.pk(), "race").await;
+    let (record, text) = opened_text(read.ok(200), &bob);
+    assert_eq!((record, text), (rivals[winners[0]].clone(), format!("rival {}", winners[0])));
+}
+
+/// Bug check: the protocol says a repeated write (same record id, same bytes) is idempotent
+/// and returns the original receipt (§4.2). A client that lost the answer to an acknowledged
+/// write must be able to retry it, whatever the account's quotas; and a refused write (a
+/// conflict) must not use up quota.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_and_refused_writes_do_not_consume_quota() {
+    let (alice, bob) = (Person::new("alice"), Person::new("bob"));
+    let mut failures = Vec::new();
+    let mut check = |what: &str, resp: Resp, status: u16| {
+        if resp.status != status {
+            failures.push(format!("{what}: expected {status}, got {} {}", resp.status, resp.text));
+        }
+    };
+
+    // Records per day: 2.
+    let relay = Relay::start(&["--set", "accounts.max_records_per_day=2"]).await;
+    relay.register(&alice, None).await.ok(201);
+    let m1 = alice.signed(write_msg(&alice, &bob.pk(), "m1", "one"));
+    relay.put_write(&m1).await.ok(201);
+    check("conflicting write to m1", relay.write(&alice, &bob.pk(), "m1", "other").await, 409);
+    check("second distinct record (quota 2/day)", relay.write(&alice, &bob.pk(), "m2", "two").await, 201);
+    check("retry of the acknowledged m1 at the daily quota", relay.put_write(&m1).await, 200);
+    relay.write(&alice, &bob.pk(), "m3", "three").await.err(403, "quota_exceeded");
+    drop(relay);
+
+    // Bytes stored: room for one 600-byte record, not two.
+    let relay = Relay::start(&["--set", "accounts.max_bytes=1000"]).await;
+    relay.register(&alice, None).await.ok(201);
+    let big = alice.signed(write_raw(&alice, &bob.pk(), "big", 60, vec![1; 600]));
+    relay.put_write(&big).await.ok(201);
+    check("retry of the acknowledged write near the byte quota", relay.put_write(&big).await, 200);
+    let second = alice.signed(write_raw(&alice, &bob.pk(), "big2", 60, vec![2; 600]));
+    relay.put_write(&second).await.err(403, "quota_exceeded");
+
+    assert!(failures.is_empty(), "quota bugs:\n{}", failures.join("\n"));
+}
+
+// ---------------------------------------------------------------------------------------
+// 7. CLI
+
+#[test]
+fn cli_print_config_and_refused_settings() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let data = data.to_str().expect("utf-8");
+    let cwd = dir.path();
+    let serve = |extra: &[&str]| {
+        let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--data", data];
+        args.extend_from_slice(extra);
+        run_cli(&args, cwd, Duration::from_secs(20))
+    };
+
+    let out = serve(&["--print-config"]);
+    assert!(out.status.success(), "{out:?}");
+    for needle in ["[limits]", "[accounts]", "[prices]", "pull_limit = 0", "policy = \"open\""] {
+        assert!(out.stdout.contains(needle), "--print-config lacks {needle:?}:\n{}", out.stdout);
+    }
+    assert!(!std::path::Path::new(data).exists(), "--print-config must not create the data directory");
+
+    let out = serve(&["--print-config", "--set", "limits.pull_limit=3", "--policy", "invite"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        out.stdout.contains("pull_limit = 3") && out.stdout.contains("policy = \"invite\""),
+        "{}",
+        out.stdout
+    );
+
+    for (set, needle) in [
+        ("nope.x=1", "unknown"),
+        ("limits.nope=1", "unknown"),
+        ("limits=1", "unknown"),
+        ("limits.pull_limit", "KEY=VALUE"),
+        ("limits.max_commit_batch=0", "max_commit_batch"),
+        ("limits.pull_limit=\"many\"", "pull_limit"),
+    ] {
+        let out = serve(&["--set", set]);
+        assert!(!out.status.success(), "`--set {set}` was accepted: {out:?}");
+        assert!(
+            out.stderr.contains(needle),
+            "`--set {set}`: stderr does not mention {needle:?}: {}",
+            out.stderr
+        );
+        assert!(out.stdout.is_empty(), "`--set {set}` started something: {}", out.stdout);
+    }
+
+    let out =
+        run_cli(&["serve", "account", "add", "not-a-key", "--data", data], cwd, Duration::from_secs(20));
+    assert!(!out.status.success(), "{out:?}");
+    assert!(out.stderr.contains("`not-a-key` is not a public key"), "{}", out.stderr);
+    assert!(!std::path::Path::new(data).exists(), "a refused key must not create a store");
+}

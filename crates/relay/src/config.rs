@@ -71,6 +71,10 @@ pub struct Limits {
     pub burst_per_ip: u32,
     /// Registrations per hour allowed from one IP address (open policy).
     pub registrations_per_hour_per_ip: u32,
+    /// Sustained writes per second allowed for one account (over every connection).
+    pub writes_per_sec_per_account: u32,
+    /// Burst of writes allowed above the sustained rate, per account.
+    pub write_burst_per_account: u32,
     /// Concurrent connections served; more wait in the accept queue.
     pub max_connections: usize,
     /// Seconds a client may take to send its request.
@@ -93,6 +97,8 @@ impl Default for Limits {
             requests_per_sec_per_ip: 200,
             burst_per_ip: 400,
             registrations_per_hour_per_ip: 20,
+            writes_per_sec_per_account: 2_000,
+            write_burst_per_account: 4_000,
             max_connections: 4096,
             request_timeout_secs: 30,
         }
@@ -235,7 +241,11 @@ impl RelayConfig {
         if l.max_wait_secs > 300 {
             return invalid("limits.max_wait_secs", "at most 300");
         }
-        if l.requests_per_sec_per_ip == 0 || l.burst_per_ip == 0 {
+        if l.requests_per_sec_per_ip == 0
+            || l.burst_per_ip == 0
+            || l.writes_per_sec_per_account == 0
+            || l.write_burst_per_account == 0
+        {
             return invalid("limits.requests_per_sec_per_ip", "rate limits must be positive");
         }
         Ok(())

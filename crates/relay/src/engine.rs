@@ -569,3 +569,261 @@ pub fn random_aux() -> [u8; 32] {
     rand_core::OsRng.fill_bytes(&mut aux);
     aux
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AccountPolicy;
+    use pigeonhole_proto::request::{Delete, Read, Register};
+    use pigeonhole_store::MemoryStore;
+
+    const NOW: u64 = 1_800_000_000_000;
+
+    fn key(n: u8) -> SecretKey {
+        SecretKey::from_bytes(&[n; 32]).expect("valid")
+    }
+
+    fn engine_with(config: RelayConfig) -> Engine {
+        Engine::new(Arc::new(MemoryStore::new()), key(99), config)
+    }
+
+    fn engine() -> Engine {
+        engine_with(RelayConfig::default())
+    }
+
+    fn verified(message: Message) -> Verified {
+        Verified { message, sig: None }
+    }
+
+    fn write_msg(from: u8, to: u8, id: &str, size: usize, ttl: u32) -> Message {
+        Message {
+            from: key(from).public_key(),
+            to: key(to).public_key(),
+            timestamp: NOW,
+            request: Request::Write(Write { record_id: id.into(), ttl, tag: None, content: vec![7; size] }),
+        }
+    }
+
+    fn path(owner: u8, receiver: u8, id: Option<&str>) -> RequestPath {
+        RequestPath {
+            owner: key(owner).public_key(),
+            receiver: key(receiver).public_key(),
+            record_id: id.map(Into::into),
+        }
+    }
+
+    fn register(engine: &Engine, who: u8, invite: Option<&str>) -> Result<Account, RelayError> {
+        let message = Message {
+            from: key(who).public_key(),
+            to: engine.public_key(),
+            timestamp: NOW,
+            request: Request::Register(Register { invite: invite.map(Into::into) }),
+        };
+        engine.register(&message, NOW)
+    }
+
+    fn code<T: std::fmt::Debug>(result: Result<T, RelayError>) -> ErrorCode {
+        result.expect_err("expected a refusal").code
+    }
+
+    #[test]
+    fn admission_checks_relay_freshness_and_replay() {
+        let e = engine();
+        let mut m = Message {
+            from: key(2).public_key(),
+            to: e.public_key(),
+            timestamp: NOW,
+            request: Request::Read(Read {
+                owner: key(1).public_key(),
+                receiver: key(2).public_key(),
+                record_id: "r".into(),
+            }),
+        };
+        assert_eq!(e.admit(&m, NOW), Ok(()));
+        assert_eq!(code(e.admit(&m, NOW + 1)), ErrorCode::Replay);
+        m.timestamp = NOW - 121_000;
+        assert_eq!(code(e.admit(&m, NOW)), ErrorCode::StaleRequest);
+        m.timestamp = NOW + 121_000;
+        assert_eq!(code(e.admit(&m, NOW)), ErrorCode::StaleRequest);
+        m.timestamp = NOW + 1;
+        m.to = key(5).public_key();
+        assert_eq!(code(e.admit(&m, NOW)), ErrorCode::WrongRelay);
+        // Writes are addressed to their receiver and may repeat (idempotent at the store).
+        let w = write_msg(1, 2, "a", 10, 0);
+        assert_eq!(e.admit(&w, NOW), Ok(()));
+        assert_eq!(e.admit(&w, NOW), Ok(()));
+        // Replay entries expire with the skew window.
+        let mut fresh = m.clone();
+        fresh.to = e.public_key();
+        fresh.timestamp = NOW;
+        let later = NOW + 2 * 121_000;
+        fresh.timestamp = later;
+        assert_eq!(e.admit(&fresh, later), Ok(()));
+    }
+
+    #[test]
+    fn writes_need_an_active_account_and_respect_limits() {
+        let mut config = RelayConfig::default();
+        config.limits.max_record_bytes = 100;
+        config.limits.default_ttl_secs = 60;
+        config.limits.max_ttl_secs = 3600;
+        config.accounts.max_bytes = 250;
+        config.accounts.max_records_per_day = 3;
+        let e = engine_with(config);
+        let good = path(1, 2, Some("a"));
+        assert_eq!(
+            code(e.prepare_write(&verified(write_msg(1, 2, "a", 10, 0)), &good, NOW)),
+            ErrorCode::NoAccount
+        );
+        register(&e, 1, None).expect("open policy");
+        let record = e.prepare_write(&verified(write_msg(1, 2, "a", 10, 0)), &good, NOW).expect("ok");
+        assert_eq!(record.expires_at, NOW + 60_000, "ttl 0 means the default");
+        let capped = e.prepare_write(&verified(write_msg(1, 2, "a", 10, 999_999)), &good, NOW).expect("ok");
+        assert_eq!(capped.expires_at, NOW + 3_600_000, "ttl is capped");
+        assert_eq!(
+            code(e.prepare_write(&verified(write_msg(1, 2, "a", 101, 0)), &good, NOW)),
+            ErrorCode::TooLarge
+        );
+        // Third write of the day passes, the fourth is over the daily quota.
+        e.prepare_write(&verified(write_msg(1, 2, "a", 10, 0)), &good, NOW).expect("third");
+        assert_eq!(
+            code(e.prepare_write(&verified(write_msg(1, 2, "a", 10, 0)), &good, NOW)),
+            ErrorCode::QuotaExceeded
+        );
+        // A new day resets the count.
+        e.prepare_write(&verified(write_msg(1, 2, "a", 10, 0)), &good, NOW + DAY_MS).expect("next day");
+    }
+
+    #[test]
+    fn byte_quota_counts_stored_records() {
+        let mut config = RelayConfig::default();
+        config.accounts.max_bytes = 100;
+        let e = engine_with(config);
+        register(&e, 1, None).expect("registered");
+        let record =
+            e.prepare_write(&verified(write_msg(1, 2, "a", 60, 0)), &path(1, 2, Some("a")), NOW).expect("ok");
+        e.store().put_batch(&[record]).expect("stored");
+        assert_eq!(
+            code(e.prepare_write(&verified(write_msg(1, 2, "b", 60, 0)), &path(1, 2, Some("b")), NOW)),
+            ErrorCode::QuotaExceeded
+        );
+    }
+
+    #[test]
+    fn the_path_must_equal_the_signed_fields() {
+        let e = engine();
+        register(&e, 1, None).expect("registered");
+        let w = verified(write_msg(1, 2, "a", 1, 0));
+        for bad in [path(3, 2, Some("a")), path(1, 3, Some("a")), path(1, 2, Some("b")), path(1, 2, None)] {
+            assert_eq!(code(e.prepare_write(&w, &bad, NOW)), ErrorCode::PathMismatch, "{bad:?}");
+        }
+        let read = Message {
+            from: key(2).public_key(),
+            to: e.public_key(),
+            timestamp: NOW,
+            request: Request::Read(Read {
+                owner: key(1).public_key(),
+                receiver: key(2).public_key(),
+                record_id: "a".into(),
+            }),
+        };
+        assert_eq!(
+            code(e.prepare_write(&verified(read), &path(1, 2, Some("a")), NOW)),
+            ErrorCode::WrongRequestType
+        );
+    }
+
+    #[test]
+    fn only_the_receiver_reads_and_only_the_owner_deletes() {
+        let e = engine();
+        register(&e, 1, None).expect("registered");
+        let record =
+            e.prepare_write(&verified(write_msg(1, 2, "a", 5, 0)), &path(1, 2, Some("a")), NOW).expect("ok");
+        e.store().put_batch(&[record]).expect("stored");
+        let read_by = |who: u8| Message {
+            from: key(who).public_key(),
+            to: e.public_key(),
+            timestamp: NOW,
+            request: Request::Read(Read {
+                owner: key(1).public_key(),
+                receiver: key(2).public_key(),
+                record_id: "a".into(),
+            }),
+        };
+        assert_eq!(code(e.record_op(&read_by(1), &path(1, 2, Some("a")), NOW)), ErrorCode::Forbidden);
+        assert_eq!(code(e.record_op(&read_by(3), &path(1, 2, Some("a")), NOW)), ErrorCode::Forbidden);
+        assert!(e.record_op(&read_by(2), &path(1, 2, Some("a")), NOW).expect("receiver reads").is_some());
+        // Carol's delete names her own outbox, so it cannot touch Alice's record.
+        let delete_by = |who: u8| Message {
+            from: key(who).public_key(),
+            to: e.public_key(),
+            timestamp: NOW,
+            request: Request::Delete(Delete { receiver: key(2).public_key(), record_id: "a".into() }),
+        };
+        assert_eq!(code(e.record_op(&delete_by(3), &path(1, 2, Some("a")), NOW)), ErrorCode::PathMismatch);
+        assert_eq!(code(e.record_op(&delete_by(3), &path(3, 2, Some("a")), NOW)), ErrorCode::NotFound);
+        assert!(e.record_op(&delete_by(1), &path(1, 2, Some("a")), NOW).expect("owner deletes").is_none());
+        assert_eq!(code(e.record_op(&read_by(2), &path(1, 2, Some("a")), NOW)), ErrorCode::NotFound);
+    }
+
+    #[test]
+    fn inventory_is_for_the_receiver_or_the_owner() {
+        let e = engine();
+        let inventory_by = |who: u8| Message {
+            from: key(who).public_key(),
+            to: e.public_key(),
+            timestamp: NOW,
+            request: Request::Inventory(Inventory {
+                owner: key(1).public_key(),
+                receiver: key(2).public_key(),
+                after_ts: None,
+                before_ts: None,
+                after_seq: None,
+                limit: 10,
+            }),
+        };
+        assert!(e.inventory(&inventory_by(1), &path(1, 2, None), NOW).is_ok());
+        assert!(e.inventory(&inventory_by(2), &path(1, 2, None), NOW).is_ok());
+        assert_eq!(code(e.inventory(&inventory_by(3), &path(1, 2, None), NOW)), ErrorCode::Forbidden);
+        assert_eq!(code(e.inventory(&inventory_by(2), &path(1, 3, None), NOW)), ErrorCode::PathMismatch);
+    }
+
+    #[test]
+    fn registration_follows_the_policy() {
+        let mut config = RelayConfig::default();
+        config.accounts.policy = AccountPolicy::Invite;
+        config.accounts.invite_codes = vec!["welcome".into()];
+        let e = engine_with(config.clone());
+        assert_eq!(code(register(&e, 1, None)), ErrorCode::InviteRequired);
+        assert_eq!(code(register(&e, 1, Some("wrong"))), ErrorCode::InviteRequired);
+        register(&e, 1, Some("welcome")).expect("invited");
+        register(&e, 1, None).expect("existing accounts re-register without a code");
+        config.accounts.policy = AccountPolicy::Contract;
+        let e = engine_with(config);
+        assert_eq!(code(register(&e, 1, Some("welcome"))), ErrorCode::InviteRequired);
+    }
+
+    #[test]
+    fn session_requests_must_come_from_the_session_key() {
+        let e = engine();
+        let m = write_msg(1, 2, "a", 1, 0);
+        let json = m.to_json();
+        assert!(e.parse_in_session(&json, &key(1).public_key()).is_ok());
+        assert_eq!(code(e.parse_in_session(&json, &key(3).public_key())), ErrorCode::Forbidden);
+        // A signed request is not accepted as an unsigned session request, and vice versa.
+        let signed = m.clone().sign_with_aux(&key(1), &[0; 32]).expect("signs").to_json();
+        assert_eq!(code(e.parse_in_session(&signed, &key(1).public_key())), ErrorCode::BadRequest);
+        assert_eq!(code(e.parse(&json)), ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn stored_bytes_round_trip_with_and_without_signature() {
+        let m = write_msg(1, 2, "a", 3, 0);
+        let unsigned = verified(m.clone());
+        assert_eq!(Verified::from_stored_bytes(&unsigned.stored_bytes()).expect("decodes"), unsigned);
+        let signed = Verified::signed(m.sign_with_aux(&key(1), &[0; 32]).expect("signs"));
+        assert_eq!(Verified::from_stored_bytes(&signed.stored_bytes()).expect("decodes"), signed);
+        assert!(signed.to_json().contains("\"sig\""));
+        assert!(!unsigned.to_json().contains("\"sig\""));
+    }
+}

@@ -44,6 +44,8 @@ pub struct AppState {
     pub ip_limiter: DefaultKeyedRateLimiter<IpAddr>,
     /// Registrations per IP.
     pub registration_limiter: DefaultKeyedRateLimiter<IpAddr>,
+    /// Writes per account.
+    pub write_limiter: DefaultKeyedRateLimiter<PublicKey>,
     /// The Prometheus exporter, when metrics are installed.
     pub metrics: Option<PrometheusHandle>,
     /// Session challenges and tokens.
@@ -62,9 +64,12 @@ impl AppState {
         let per_sec = NonZeroU32::new(limits.requests_per_sec_per_ip).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(limits.burst_per_ip).unwrap_or(NonZeroU32::MIN);
         let per_hour = NonZeroU32::new(limits.registrations_per_hour_per_ip).unwrap_or(NonZeroU32::MIN);
+        let writes = NonZeroU32::new(limits.writes_per_sec_per_account).unwrap_or(NonZeroU32::MIN);
+        let write_burst = NonZeroU32::new(limits.write_burst_per_account).unwrap_or(NonZeroU32::MIN);
         Self {
             ip_limiter: RateLimiter::keyed(Quota::per_second(per_sec).allow_burst(burst)),
             registration_limiter: RateLimiter::keyed(Quota::per_hour(per_hour)),
+            write_limiter: RateLimiter::keyed(Quota::per_second(writes).allow_burst(write_burst)),
             engine,
             committer,
             notifier,
@@ -344,6 +349,12 @@ pub(crate) fn implied_path(message: &pigeonhole_proto::request::Message) -> Opti
 }
 
 pub(crate) async fn op_write(state: &Shared, verified: Verified, path: RequestPath) -> OpResult {
+    if state.write_limiter.check_key(&verified.message.from).is_err() {
+        return Err(error(
+            ErrorCode::RateLimited,
+            "this account is writing faster than the relay allows; slow down",
+        ));
+    }
     let engine = state.engine.clone();
     let now = now_ms();
     let record = blocking(move || engine.prepare_write(&verified, &path, now)).await?;

@@ -131,7 +131,7 @@ fn now_ms() -> u64 {
 }
 
 /// Deletes expired records every few seconds and refreshes the storage gauges.
-fn spawn_sweeper(store: Arc<dyn Store>) -> TaskGuard {
+fn spawn_sweeper(store: Arc<dyn Store>, limiter_state: std::sync::Weak<AppState>) -> TaskGuard {
     TaskGuard(tokio::spawn(async move {
         let mut ticker = tokio::time::interval(Duration::from_secs(5));
         loop {
@@ -145,6 +145,12 @@ fn spawn_sweeper(store: Arc<dyn Store>) -> TaskGuard {
             .await;
             match result {
                 Ok(Ok((expired, totals))) => {
+                    // Forget idle rate-limit keys so the limiters' memory stays bounded.
+                    if let Some(state) = limiter_state.upgrade() {
+                        state.ip_limiter.retain_recent();
+                        state.registration_limiter.retain_recent();
+                        state.write_limiter.retain_recent();
+                    }
                     metrics::counter!("pigeonhole_expired_records_total").increment(expired as u64);
                     metrics::gauge!("pigeonhole_stored_records").set(totals.records as f64);
                     metrics::gauge!("pigeonhole_stored_bytes").set(totals.bytes as f64);
@@ -175,7 +181,7 @@ pub async fn serve(
     let committer = Committer::start(engine.clone(), notifier.clone());
     let state = Arc::new(AppState::new(engine.clone(), committer, notifier, metrics_handle()));
     let app = router(state.clone());
-    let sweeper = spawn_sweeper(store.clone());
+    let sweeper = spawn_sweeper(store.clone(), Arc::downgrade(&state));
     tracing::info!(%addr, relay = %engine.public_key(), data = %data.display(), last_seq = store.last_seq(), "relay started");
     on_listening(addr);
 

@@ -154,7 +154,21 @@ impl Keyspaces {
 }
 
 /// The relay's embedded store: fjall keyspaces in one directory, every write durable before
-/// it returns. See the module documentation for the layout.
+/// it returns.
+///
+/// Layout (one keyspace per table, big-endian integers in keys): `records` seq → record;
+/// `paths` owner‖receiver‖id → seq; `outbox` owner‖receiver‖seq; `receiver` receiver‖seq;
+/// `expiry` expires_at‖seq; `tags` tag‖seq; `pulls` seq → reads; `usage`
+/// owner‖read_at‖commit → read; `accounts`; `owners` owner → records‖bytes; `meta` (format
+/// `pigeonhole-store v1`, commit counter, last seq, totals).
+///
+/// Every write (`put_batch`, `read`, `delete`, `expire`, `put_account`) is one atomic batch,
+/// fsynced before it returns and before readers can see it; writes are serialized, reads run
+/// concurrently on snapshots. Once a write has failed (disk full, I/O error), the engine
+/// refuses every later write until the store is reopened; reads keep working. On open, a
+/// directory that is not a store, a store of another format, a damaged store, or one that lost
+/// acknowledged writes (its journal recovers to an older commit than the one recorded in the
+/// `pigeonhole-commit` witness file) is refused with [`StoreError::Corrupted`].
 pub struct FjallStore {
     // Field order matters: the keyspace handles go before the database so that a temporary
     // store's directory is removed once the last handle is gone.

@@ -1,0 +1,3 @@
+//! `pigeonhole-bench`: load generator and measurements against a real relay.
+
+fn main() {}
