@@ -112,6 +112,7 @@ pub fn router(state: Shared) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics_page))
         .route("/v1/info", get(info))
+        .route("/v1/openapi.json", get(crate::openapi::serve))
         .route("/v1/accounts", post(register))
         .route("/v1/usage", post(usage))
         .route("/v1/session", get(session_challenge).post(session_open))
@@ -165,6 +166,7 @@ fn endpoint_label(path: &str) -> &'static str {
         ["health"] => "health",
         ["metrics"] => "metrics",
         ["v1", "info"] => "info",
+        ["v1", "openapi.json"] => "openapi",
         ["v1", "accounts"] => "register",
         ["v1", "usage"] => "usage",
         ["v1", "session"] => "session",

@@ -14,6 +14,7 @@ pub mod engine;
 pub mod error;
 pub mod http;
 pub mod notify;
+pub mod openapi;
 pub mod server;
 pub mod session;
 pub mod ws;
