@@ -1,3 +1,187 @@
-//! `pigeonhole-bench`: load generator and measurements against a real relay.
+//! `pigeonhole-bench`: drives a real relay process over real HTTP and WebSocket connections and
+//! reports what it measured as ratios against limits measured on the same machine in the same
+//! run (a BIP-340 verify rate, a null HTTP round-trip rate), so that figures from a noisy,
+//! shared machine can still be compared.
+//!
+//! Commands:
+//! - `calibrate`: this machine's single-core BIP-340 verify rate and (with a relay) the rate of
+//!   `GET /health` round trips;
+//! - `ingest`: N writers, each on its own WebSocket session (or, with `--fresh-sessions`, each
+//!   write a separately signed HTTP `PUT`), reporting acknowledged writes per second, ack
+//!   latency percentiles and errors, and optionally logging every acknowledged record;
+//! - `sync`: one outbox filled with R records, then pulled by its receiver over a `listen`;
+//! - `check`: confirms that every record in an acked log is readable on the relay.
+//!
+//! Every command that talks to a relay can `--spawn` one (`pigeonhole serve` on a temporary
+//! data directory with its per-IP limits raised) and samples the relay's memory, disk and CPU.
 
-fn main() {}
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a benchmark's results are its output: a report or one JSON object on stdout, warnings on stderr"
+)]
+
+mod calibrate;
+mod check;
+mod client;
+mod ingest;
+mod proc;
+mod report;
+mod spawn;
+mod sync;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use clap::{Args, Parser, Subcommand};
+
+const LONG_ABOUT: &str = "\
+Load generator and measurements for a real Pigeonhole relay.
+
+pigeonhole-bench talks to a relay process over HTTP and WebSocket exactly as clients do, and
+reports figures next to limits it measures on this machine in the same run: the single-core
+BIP-340 verify rate (`verify_per_sec`, through libsecp256k1) and, where asked, the rate of null
+HTTP round trips. On a shared or noisy machine the ratios (e.g. `writes_per_sec /
+verify_per_sec`) move much less than the raw numbers.
+
+Typical use (build first: cargo build --release -p pigeonhole -p pigeonhole-bench):
+
+  pigeonhole-bench calibrate
+  pigeonhole-bench ingest --spawn --clients 64 --seconds 20 --size 1024
+  pigeonhole-bench ingest --spawn --clients 64 --seconds 20 --size 1024 --fresh-sessions
+  pigeonhole-bench sync --spawn --records 50000 --size 1024
+  pigeonhole-bench ingest --relay http://127.0.0.1:7070 --acked-log acked.txt ...
+  pigeonhole-bench check --relay http://127.0.0.1:7070 --acked-log acked.txt
+
+Keys are derived from --seed, so runs are repeatable and `check` can sign as the receiver
+that `ingest` wrote to. Every command takes --json for one JSON object on stdout.";
+
+/// Load generator and measurements against a real Pigeonhole relay.
+#[derive(Parser)]
+#[command(name = "pigeonhole-bench", version, about, long_about = LONG_ABOUT)]
+struct Cli {
+    /// Async worker threads of the load generator (default: one per core). The relay runs on
+    /// the same machine: what the generator uses, the relay does not get.
+    #[arg(long, global = true, value_name = "N")]
+    threads: Option<usize>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Measure this machine's limits: single-core BIP-340 verifies per second and, with a
+    /// relay, `GET /health` round trips per second (16 concurrent closed-loop clients).
+    ///
+    /// The verify loop checks one fixed signature over a fixed 32-byte message with a fixed key
+    /// through libsecp256k1 (a verification-only context) on one thread. Without --relay or
+    /// --spawn the HTTP figure is omitted.
+    Calibrate(calibrate::CalibrateArgs),
+    /// Write load: N clients write sealed ~BYTES records as fast as the relay acknowledges them.
+    ///
+    /// Each client is one identity (keys derived from --seed), registered on the relay
+    /// (POST /v1/accounts) and, by default, on its own WebSocket session (GET /v1/ws: one
+    /// signed session answer, then unsigned write frames). All clients write to one receiver
+    /// (derived from --seed too, so `check` can sign as it).
+    ///
+    /// Records are sealed letters built ahead of time: --pool distinct envelopes per client,
+    /// reused under fresh record ids, so the generator spends no cryptography per write.
+    /// Closed loop by default (each client waits for its ack); --pipeline K keeps K in flight.
+    ///
+    /// With --fresh-sessions every write is a separately signed HTTP PUT (one signature check
+    /// on the relay per write). Signatures are made before the clock starts: each client gets
+    /// a stock sized from the verify rate measured at the start of the run (--presign to set
+    /// it), all stamped 60 s ahead of the signing time so they stay inside the relay's ±120 s
+    /// window for 180 s. A client whose stock runs out (or goes stale) signs inline and the
+    /// report counts those writes (`signed_inline`): non-zero means the generator may bind.
+    ///
+    /// Reported: writes_per_sec (acks in the window after --warmup, divided by --seconds), ack
+    /// latency percentiles, errors by status and code, writes_per_sec / verify_per_sec (from a
+    /// 1 s calibration in the same run), the relay's CPU (by thread name), RSS and disk.
+    Ingest(ingest::IngestArgs),
+    /// Pull throughput: one writer fills an outbox with R records (pipelined over a WebSocket
+    /// session), then the receiver pulls them all with a WebSocket `listen` (pushes of up to
+    /// 32 records); reports records_per_sec and mb_per_sec of the pull phase.
+    Sync(sync::SyncArgs),
+    /// Confirm that every record in an acked log (written by `ingest --acked-log`) is on the
+    /// relay: signed inventories as the receiver, paged with afterSeq (inventory does not
+    /// count against pull limits the way reads do). Exits non-zero if any is missing.
+    Check(check::CheckArgs),
+}
+
+/// Where the relay is and what to sample from it.
+#[derive(Args, Clone, Debug)]
+pub(crate) struct RelayArgs {
+    /// Base URL of a running relay, e.g. http://127.0.0.1:7070.
+    #[arg(long, value_name = "URL", conflicts_with = "spawn")]
+    pub(crate) relay: Option<String>,
+
+    /// Start a relay for this run: `pigeonhole serve --listen 127.0.0.1:0 --data <tempdir>`
+    /// with its per-IP request and registration limits, per-account write limit and quotas
+    /// raised (a benchmark from 127.0.0.1 would otherwise measure the rate limiter); stopped
+    /// with SIGTERM at the end. Fills --relay-pid and --relay-data.
+    #[arg(long)]
+    pub(crate) spawn: bool,
+
+    /// The `pigeonhole` binary for --spawn (default: the one next to this executable, e.g.
+    /// target/release/pigeonhole).
+    #[arg(long, value_name = "PATH", requires = "spawn")]
+    pub(crate) pigeonhole: Option<PathBuf>,
+
+    /// Data directory for --spawn instead of a fresh temporary one (kept afterwards).
+    #[arg(long, value_name = "DIR", requires = "spawn")]
+    pub(crate) spawn_data: Option<PathBuf>,
+
+    /// The relay's process id: its RSS (VmRSS, VmHWM) and CPU time are sampled before and
+    /// after the run.
+    #[arg(long, value_name = "PID")]
+    pub(crate) relay_pid: Option<u32>,
+
+    /// The relay's data directory: bytes on disk are summed before and after the run.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) relay_data: Option<PathBuf>,
+}
+
+/// Options every command shares.
+#[derive(Args, Clone, Debug)]
+pub(crate) struct CommonArgs {
+    /// Print one JSON object on stdout instead of the human report.
+    #[arg(long)]
+    pub(crate) json: bool,
+
+    /// Seed of every key the run derives (writers, receivers): the same seed gives the same
+    /// identities, so runs are repeatable and `check` can sign as the receiver.
+    #[arg(long, default_value = "pigeonhole-bench", value_name = "TEXT")]
+    pub(crate) seed: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error}");
+            for cause in error.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let threads = cli.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    match cli.command {
+        Command::Calibrate(args) => runtime.block_on(calibrate::run(args)),
+        Command::Ingest(args) => runtime.block_on(ingest::run(args)),
+        Command::Sync(args) => runtime.block_on(sync::run(args)),
+        Command::Check(args) => runtime.block_on(check::run(args)),
+    }
+}

@@ -1066,6 +1066,19 @@ async fn sigterm_is_not_held_up_by_an_open_long_poll() {
     assert!(status.success(), "{status:?} after {took:?}");
 }
 
+/// Same as above for a client that sent its headers but is slow with its body: the relay
+/// would wait up to `limits.request_timeout_secs` (30 s by default) before exiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_is_not_held_up_by_a_slow_upload() {
+    let mut relay = Relay::start(&["--set", "limits.request_timeout_secs=10"]).await;
+    let _stream = slow_upload(relay.addr, "/v1/usage", b"{\"msg\":").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopped = relay.terminate(Duration::from_secs(5)).await;
+    let (status, took) = stopped
+        .expect("the relay did not exit within 5 s of SIGTERM while one client was slowly sending a body");
+    assert!(status.success(), "{status:?} after {took:?}");
+}
+
 // ---------------------------------------------------------------------------------------
 // 6. Policies and limits
 
@@ -1363,4 +1376,77 @@ fn cli_print_config_and_refused_settings() {
     assert!(!out.status.success(), "{out:?}");
     assert!(out.stderr.contains("`not-a-key` is not a public key"), "{}", out.stderr);
     assert!(!std::path::Path::new(data).exists(), "a refused key must not create a store");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_answer_429_with_retry_after() {
+    let relay = Relay::start(&[
+        "--set",
+        "limits.requests_per_sec_per_ip=1",
+        "--set",
+        "limits.burst_per_ip=5",
+        "--set",
+        "limits.registrations_per_hour_per_ip=2",
+    ])
+    .await;
+    let (a, b, c) = (Person::new("a"), Person::new("b"), Person::new("c"));
+    relay.register(&a, None).await.ok(201);
+    relay.register(&b, None).await.ok(201);
+    let limited = relay.register(&c, None).await;
+    limited.err(429, "rate_limited");
+    relay.register(&a, None).await.ok(200);
+    // The per-address budget (burst 5, 1/s) runs out: every endpoint is refused, with
+    // Retry-After.
+    let mut refused = None;
+    for _ in 0..20 {
+        let resp = relay.get("/health").await;
+        if resp.status != 200 {
+            refused = Some(resp);
+            break;
+        }
+    }
+    let refused = refused.expect("20 quick requests stayed under a burst of 5 at 1/s");
+    refused.err(429, "rate_limited");
+    let retry: u64 = refused.header("retry-after").and_then(|v| v.parse().ok()).expect("Retry-After seconds");
+    assert!((1..=5).contains(&retry), "Retry-After: {retry}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(relay.get("/health").await.status, 200, "the budget refills at 1/s");
+}
+
+/// Bug check: a `listen` answer carries the records' full content, so it is a read of the
+/// outbox. With `pull_limit = 1` the receiver must not be able to fetch a record's content
+/// more than once, and every delivery must appear in the owner's usage report (§9.4: "every
+/// read of the account's outboxes").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_deliveries_count_as_reads() {
+    let relay = Relay::start(&["--set", "limits.pull_limit=1"]).await;
+    let (alice, bob) = (Person::new("alice"), Person::new("bob"));
+    relay.register(&alice, None).await.ok(201);
+    relay.write(&alice, &bob.pk(), "once", "read me once").await.ok(201);
+
+    let mut deliveries = 0;
+    for _ in 0..3 {
+        let resp = relay.listen(&bob, &alice.pk(), &bob.pk(), Some(0), 0).await;
+        let records = resp.ok(200)["records"].as_array().expect("records").clone();
+        for record in &records {
+            assert_eq!(opened_text(record, &bob).1, "read me once");
+            deliveries += 1;
+        }
+    }
+    let report = UsageReport::from_document(
+        &document(relay.usage(&alice, None, None).await.ok(200)),
+        &relay.relay_key,
+    )
+    .expect("usage verifies");
+    let mut failures = Vec::new();
+    if deliveries > 1 {
+        failures.push(format!("with pull_limit=1, three listens delivered the content {deliveries} times"));
+    }
+    if report.reads.len() != deliveries {
+        failures.push(format!(
+            "{deliveries} deliveries by listen, but Alice's usage report lists {} reads",
+            report.reads.len()
+        ));
+    }
+    assert!(failures.is_empty(), "listen bypasses pull limits and usage reports:\n{}", failures.join("\n"));
 }

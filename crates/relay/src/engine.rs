@@ -15,7 +15,7 @@ use pigeonhole_proto::keys::{PublicKey, SecretKey};
 use pigeonhole_proto::receipt::{RelayDocument, RelayInfo, UsageEntry, UsageReport};
 use pigeonhole_proto::request::{Inventory, Listen, Message, Request, SignedMessage, Write};
 use pigeonhole_store::{
-    Account, AccountStatus, ListQuery, NewRecord, ReadOutcome, RecordMeta, Store, StoredRecord,
+    Account, AccountStatus, ListQuery, NewRecord, ReadKey, ReadOutcome, RecordMeta, Store, StoredRecord,
 };
 
 use crate::config::{AccountPolicy, RelayConfig};
@@ -447,17 +447,40 @@ impl Engine {
         Ok((*owner, *receiver, start))
     }
 
-    /// Up to `limit` records of an outbox after `after_seq` (for listen deliveries).
-    pub fn fetch_after(
+    /// Delivers up to `limit` records of an outbox after `after_seq` to a listener, and the
+    /// cursor after them. Deliveries to the receiver are reads: they are counted against each
+    /// record's pull limit and logged for usage reports, in one durable commit per page (the
+    /// owner watching its own outbox is not a read). A record exhausted or deleted between the
+    /// scan and the count is left out; the cursor still moves past it.
+    pub fn deliver(
         &self,
+        reader: &PublicKey,
         owner: &PublicKey,
         receiver: &PublicKey,
         after_seq: u64,
         limit: usize,
         now: u64,
-    ) -> Result<Vec<StoredRecord>, RelayError> {
+    ) -> Result<(Vec<StoredRecord>, u64), RelayError> {
         let limit = limit.min(self.config.limits.max_inventory as usize);
-        Ok(self.store.fetch_after(owner, receiver, after_seq, limit, now)?)
+        let records = self.store.fetch_after(owner, receiver, after_seq, limit, now)?;
+        let cursor = records.last().map_or(after_seq, |r| r.meta.seq);
+        if reader != receiver || records.is_empty() {
+            return Ok((records, cursor));
+        }
+        let keys: Vec<ReadKey> = records
+            .iter()
+            .map(|r| ReadKey { owner: *owner, receiver: *receiver, record_id: r.meta.record_id.clone() })
+            .collect();
+        let served = self
+            .store
+            .read_batch(&keys, now)?
+            .into_iter()
+            .filter_map(|outcome| match outcome {
+                ReadOutcome::Served { record, .. } => Some(record),
+                ReadOutcome::NotFound => None,
+            })
+            .collect();
+        Ok((served, cursor))
     }
 
     /// Registers the signer under the account policy. Registering an existing account is

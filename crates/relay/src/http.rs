@@ -483,6 +483,7 @@ async fn long_poll(state: Shared, verified: Verified, path: RequestPath, wait: u
     }
     let engine = state.engine.clone();
     let now = now_ms();
+    let reader = verified.message.from;
     let (owner, receiver, cursor) =
         blocking(move || engine.listen_start(&verified.message, &path, now)).await?;
     let subscription = state.notifier.subscribe(owner, receiver);
@@ -492,7 +493,7 @@ async fn long_poll(state: Shared, verified: Verified, path: RequestPath, wait: u
         tokio::pin!(notified);
         notified.as_mut().enable();
         let page = state.engine.config().limits.max_inventory as usize;
-        let (list, next) = fetch_page(&state, owner, receiver, cursor, page).await?;
+        let (list, next) = fetch_page(&state, reader, owner, receiver, cursor, page).await?;
         if !list.is_empty() || tokio::time::Instant::now() >= deadline {
             return Ok(axum::Json(json!({"records": list, "cursor": next})).into_response());
         }
@@ -502,17 +503,19 @@ async fn long_poll(state: Shared, verified: Verified, path: RequestPath, wait: u
     }
 }
 
-/// Records of an outbox after `cursor` as JSON, and the cursor after them.
+/// Records of an outbox after `cursor`, delivered to `reader` (counted as reads when the
+/// reader is the receiver), as JSON, and the cursor after them.
 pub(crate) async fn fetch_page(
     state: &Shared,
+    reader: PublicKey,
     owner: PublicKey,
     receiver: PublicKey,
     cursor: u64,
     limit: usize,
 ) -> Result<(Vec<Value>, u64), ApiError> {
     let engine = state.engine.clone();
-    let records = blocking(move || engine.fetch_after(&owner, &receiver, cursor, limit, now_ms())).await?;
-    let next = records.last().map_or(cursor, |r| r.meta.seq);
+    let (records, next) =
+        blocking(move || engine.deliver(&reader, &owner, &receiver, cursor, limit, now_ms())).await?;
     let list = records.iter().map(record_json).collect::<Result<Vec<_>, _>>()?;
     Ok((list, next))
 }

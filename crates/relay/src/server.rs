@@ -162,6 +162,70 @@ fn spawn_sweeper(store: Arc<dyn Store>, limiter_state: std::sync::Weak<AppState>
     }))
 }
 
+/// Accepts connections until `shutdown` resolves, then lets in-flight requests finish (up to
+/// 30 s). At most `max_connections` connections are served at once (more wait in the kernel's
+/// backlog), and a client must send its request headers within `request_timeout_secs`.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    limits: &crate::config::Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+
+    let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let header_timeout = Duration::from_secs(u64::from(limits.request_timeout_secs));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout).keep_alive(true);
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Running out of file descriptors and similar: back off and keep serving.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        metrics::gauge!("pigeonhole_connections").increment(1.0);
+        let service = hyper::service::service_fn({
+            let app = app.clone();
+            move |request: hyper::Request<hyper::body::Incoming>| {
+                let mut request = request.map(axum::body::Body::new);
+                request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                tower::ServiceExt::oneshot(app.clone(), request)
+            }
+        });
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+            metrics::gauge!("pigeonhole_connections").decrement(1.0);
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await.is_err() {
+        tracing::warn!("some connections were still open 30 s after shutdown began");
+    }
+    Ok(())
+}
+
 /// Runs a relay until `shutdown` resolves. `on_listening` is called with the bound address
 /// before the first request is served.
 pub async fn serve(
@@ -185,9 +249,7 @@ pub async fn serve(
     tracing::info!(%addr, relay = %engine.public_key(), data = %data.display(), last_seq = store.last_seq(), "relay started");
     on_listening(addr);
 
-    let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let served = accept_loop(listener, app, &state.engine.config().limits, shutdown).await;
     drop(sweeper);
     // In-flight requests are done; dropping the last state reference stops the commit
     // thread after it has committed everything queued.

@@ -291,6 +291,7 @@ async fn subscription(state: Shared, verified: Verified, id: u64, out: Out) {
     let Some(path) = implied_path(&verified.message) else { return };
     let engine = state.engine.clone();
     let now = now_ms();
+    let reader = verified.message.from;
     let message = verified.message.clone();
     let start = tokio::task::spawn_blocking(move || engine.listen_start(&message, &path, now)).await;
     let (owner, receiver, mut cursor) = match start {
@@ -312,7 +313,7 @@ async fn subscription(state: Shared, verified: Verified, id: u64, out: Out) {
         let notified = subscription.notify().notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let (records, next) = match fetch_page(&state, owner, receiver, cursor, PUSH_RECORDS).await {
+        let (records, next) = match fetch_page(&state, reader, owner, receiver, cursor, PUSH_RECORDS).await {
             Ok(page) => page,
             Err(ApiError(e)) => {
                 out.send(answer(id, Err(ApiError(e)))).await;

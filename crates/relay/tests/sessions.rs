@@ -24,12 +24,17 @@ struct TestRelay {
 
 impl TestRelay {
     async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    async fn start_with(change: impl FnOnce(&mut RelayConfig)) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let config = RelayConfig {
+        let mut config = RelayConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             data: dir.path().to_owned(),
             ..RelayConfig::default()
         };
+        change(&mut config);
         let (addr_tx, addr_rx) = oneshot::channel();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -326,5 +331,68 @@ async fn a_listener_that_falls_behind_is_closed_with_a_cursor_and_loses_nothing(
     }
     assert!(closes >= 1, "the first listener was expected to fall behind");
     assert_eq!(seen, (1..=N).collect::<Vec<_>>(), "no record skipped or repeated");
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_deliveries_are_reads_counted_and_logged() {
+    let relay = TestRelay::start_with(|c| c.limits.pull_limit = 1).await;
+    let (alice, bob) = (person(1), person(2));
+    register(&relay, &alice).await;
+    let mut writer = open_ws(&relay, &alice).await;
+    for i in 1..=3u64 {
+        let frame = inner(&msg(&alice, bob.public_key(), write_request(&format!("l{i}"), "hello")).to_json());
+        writer.send(WsMessage::Text(json!({"id": i, "msg": frame}).to_string().into())).await.unwrap();
+        assert_eq!(next_json(&mut writer).await["status"], 201);
+    }
+    // Bob's long poll delivers all three: each delivery is a read.
+    let listen = signed_json(
+        &bob,
+        relay.key,
+        Request::Listen(Listen {
+            owner: alice.public_key(),
+            receiver: bob.public_key(),
+            after_ts: None,
+            after_seq: Some(0),
+        }),
+    );
+    let url =
+        format!("{}/v1/{}/outbox/{}", relay.url, alice.public_key().to_hex(), bob.public_key().to_hex());
+    let page: Value =
+        reqwest::Client::new().post(&url).body(listen).send().await.unwrap().json().await.unwrap();
+    let records = page["records"].as_array().unwrap();
+    assert_eq!(records.len(), 3, "{page}");
+    assert!(records.iter().all(|r| r["pulls"] == 1 && r["maxPulls"] == 1));
+    // With a pull limit of 1 they are gone now, and Alice's usage report lists the three reads.
+    let again = signed_json(
+        &bob,
+        relay.key,
+        Request::Listen(Listen {
+            owner: alice.public_key(),
+            receiver: bob.public_key(),
+            after_ts: None,
+            after_seq: Some(0),
+        }),
+    );
+    let page: Value =
+        reqwest::Client::new().post(&url).body(again).send().await.unwrap().json().await.unwrap();
+    assert_eq!(page["records"].as_array().unwrap().len(), 0, "{page}");
+    let usage = signed_json(
+        &alice,
+        relay.key,
+        Request::Usage(pigeonhole_proto::request::Usage { after_ts: None, before_ts: None }),
+    );
+    let report: Value = reqwest::Client::new()
+        .post(format!("{}/v1/usage", relay.url))
+        .body(usage)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let reads = report["report"]["reads"].as_array().unwrap();
+    assert_eq!(reads.len(), 3, "{report}");
+    assert!(reads.iter().all(|r| r["receiver"] == bob.public_key().to_hex()));
     relay.stop().await;
 }

@@ -60,7 +60,7 @@ fn bench_put_batch(c: &mut Criterion) {
     };
 
     let mut group = c.benchmark_group("fjall_put_batch");
-    group.sample_size(10).warm_up_time(Duration::from_secs(2)).measurement_time(Duration::from_secs(8));
+    group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(6));
     group.throughput(Throughput::Elements(BATCH as u64));
     group.bench_function("1000x1.2KiB", |b| {
         b.iter_batched(|| records(&mut next, BATCH, &owners, &receivers), &mut put, BatchSize::PerIteration)

@@ -70,6 +70,7 @@ pub fn cases<S: Store>() -> Vec<Case<S>> {
         ("expire_removes_everything", expire_removes_everything::<S>),
         ("read_counts_and_logs", read_counts_and_logs::<S>),
         ("pull_limit_exhaustion", pull_limit_exhaustion::<S>),
+        ("read_batch_counts_each_read", read_batch_counts_each_read::<S>),
         ("usage_window", usage_window::<S>),
         ("delete", delete::<S>),
         ("accounts", accounts::<S>),
@@ -661,6 +662,33 @@ fn read_counts_and_logs<S: Store>(s: &S) {
     assert_eq!(s.usage(&alice(), None, None, 100).expect("usage").len(), 3);
     // Reading does not change what is stored.
     assert_eq!(s.totals().expect("totals").records, 2);
+}
+
+fn read_batch_counts_each_read<S: Store>(s: &S) {
+    let key = |id: &str| crate::ReadKey { owner: alice(), receiver: bob(), record_id: id.to_owned() };
+    put_one(s, with(rec(alice(), bob(), "a"), |r| r.max_pulls = 2));
+    put_one(s, rec(alice(), bob(), "b"));
+    assert_eq!(s.read_batch(&[], 100).expect("empty batch"), Vec::new());
+    // "a" named three times: served, served and exhausted, then gone.
+    let outcomes =
+        s.read_batch(&[key("a"), key("b"), key("a"), key("missing"), key("a")], 100).expect("batch");
+    let summary: Vec<Option<(u32, bool)>> = outcomes
+        .iter()
+        .map(|o| match o {
+            ReadOutcome::NotFound => None,
+            ReadOutcome::Served { record, exhausted } => Some((record.meta.pulls, *exhausted)),
+        })
+        .collect();
+    assert_eq!(summary, vec![Some((1, false)), Some((1, false)), Some((2, true)), None, None]);
+    assert_eq!(s.get(&alice(), &bob(), "a", 100).expect("get"), None);
+    assert_eq!(s.get(&alice(), &bob(), "b", 100).expect("get").expect("kept").meta.pulls, 1);
+    // Every served read is logged, each under its own key even within one batch.
+    let rows = s.usage(&alice(), None, None, 100).expect("usage");
+    assert_eq!(rows.iter().map(|r| r.record_id.as_str()).collect::<Vec<_>>(), vec!["a", "b", "a"]);
+    assert!(rows.iter().all(|r| r.read_at == 100));
+    // A single read after a batch continues the same counts and log.
+    assert!(matches!(s.read(&alice(), &bob(), "b", 101).expect("read"), ReadOutcome::Served { .. }));
+    assert_eq!(s.usage(&alice(), None, None, 100).expect("usage").len(), 4);
 }
 
 fn pull_limit_exhaustion<S: Store>(s: &S) {

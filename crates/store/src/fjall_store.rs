@@ -41,7 +41,7 @@
 //! count pulls also write). Reads take a fjall snapshot, so an index entry and the record it
 //! points to are always seen together; an index entry without its record is corruption.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -60,8 +60,8 @@ use crate::codec::{
     usage_key_read_at,
 };
 use crate::{
-    Account, ListQuery, NewRecord, PutOutcome, ReadOutcome, RecordMeta, Store, StoreError, StoredRecord,
-    Usage, UsageRow,
+    Account, ListQuery, MAX_READ_BATCH, NewRecord, PutOutcome, ReadKey, ReadOutcome, RecordMeta, Store,
+    StoreError, StoredRecord, Usage, UsageRow,
 };
 
 /// The format marker stored under `meta/format`.
@@ -1030,31 +1030,66 @@ impl Store for FjallStore {
         record_id: &str,
         now: u64,
     ) -> Result<ReadOutcome, StoreError> {
+        let key = ReadKey { owner: *owner, receiver: *receiver, record_id: record_id.to_owned() };
+        let mut outcomes = self.read_batch(std::slice::from_ref(&key), now)?;
+        Ok(outcomes.pop().unwrap_or(ReadOutcome::NotFound))
+    }
+
+    fn read_batch(&self, reads: &[ReadKey], now: u64) -> Result<Vec<ReadOutcome>, StoreError> {
+        if reads.is_empty() {
+            return Ok(Vec::new());
+        }
+        if reads.len() > MAX_READ_BATCH {
+            return Err(StoreError::Io(format!(
+                "invalid input (caller bug): {} reads in one batch",
+                reads.len()
+            )));
+        }
         let mut state = self.write.lock();
         let mut change = Change::new(self)?;
-        let Some((seq, value)) = self.lookup(&change.snap, owner, receiver, record_id)? else {
-            return Ok(ReadOutcome::NotFound);
-        };
-        let (meta, bytes) = decode_record(&value)?;
-        if meta.expires_at <= now {
-            return Ok(ReadOutcome::NotFound);
+        // Usage keys are unique per read: this commit's number, then the read's index in it.
+        let counter_base = (state.commit + 1) << 16;
+        let mut pulls_so_far: HashMap<u64, u32> = HashMap::new();
+        let mut removed: HashSet<u64> = HashSet::new();
+        let mut outcomes = Vec::with_capacity(reads.len());
+        for (index, key) in reads.iter().enumerate() {
+            let Some((seq, value)) = self.lookup(&change.snap, &key.owner, &key.receiver, &key.record_id)?
+            else {
+                outcomes.push(ReadOutcome::NotFound);
+                continue;
+            };
+            if removed.contains(&seq) {
+                outcomes.push(ReadOutcome::NotFound);
+                continue;
+            }
+            let (meta, bytes) = decode_record(&value)?;
+            if meta.expires_at <= now {
+                outcomes.push(ReadOutcome::NotFound);
+                continue;
+            }
+            let before = match pulls_so_far.get(&seq) {
+                Some(pulls) => *pulls,
+                None => self.pulls(&change.snap, seq)?,
+            };
+            let pulls = before.saturating_add(1);
+            let exhausted = meta.max_pulls != 0 && pulls >= meta.max_pulls;
+            change.batch.insert(
+                &self.ks.usage,
+                usage_key(&key.owner, now, counter_base + index as u64),
+                encode_usage(&key.receiver, meta.size, &key.record_id),
+            );
+            if exhausted {
+                change.remove(seq, &meta, false)?;
+                removed.insert(seq);
+            } else {
+                change.batch.insert(&self.ks.pulls, seq_key(seq), pulls.to_be_bytes());
+                pulls_so_far.insert(seq, pulls);
+            }
+            let record = StoredRecord { meta: meta.into_meta(seq, pulls), bytes: bytes.to_vec() };
+            outcomes.push(ReadOutcome::Served { record, exhausted });
         }
-        let pulls = self.pulls(&change.snap, seq)?.saturating_add(1);
-        let exhausted = meta.max_pulls != 0 && pulls >= meta.max_pulls;
-        let counter = state.commit + 1;
-        change.batch.insert(
-            &self.ks.usage,
-            usage_key(owner, now, counter),
-            encode_usage(receiver, meta.size, record_id),
-        );
-        if exhausted {
-            change.remove(seq, &meta, false)?;
-        } else {
-            change.batch.insert(&self.ks.pulls, seq_key(seq), pulls.to_be_bytes());
-        }
-        let record = StoredRecord { meta: meta.into_meta(seq, pulls), bytes: bytes.to_vec() };
         self.commit(&mut state, change, None)?;
-        Ok(ReadOutcome::Served { record, exhausted })
+        Ok(outcomes)
     }
 
     fn delete(&self, owner: &PublicKey, receiver: &PublicKey, record_id: &str) -> Result<bool, StoreError> {

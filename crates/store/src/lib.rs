@@ -131,6 +131,20 @@ pub struct UsageRow {
     pub read_at: u64,
 }
 
+/// One record to serve, by path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadKey {
+    /// Outbox owner.
+    pub owner: PublicKey,
+    /// Receiver.
+    pub receiver: PublicKey,
+    /// Record id.
+    pub record_id: String,
+}
+
+/// Most reads in one [`Store::read_batch`].
+pub const MAX_READ_BATCH: usize = 1 << 16;
+
 /// Result of counting one read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[allow(clippy::large_enum_variant, reason = "a read is served right away; boxing would add an allocation")]
@@ -252,6 +266,12 @@ pub trait Store: Send + Sync + 'static {
         record_id: &str,
         now: u64,
     ) -> Result<ReadOutcome, StoreError>;
+
+    /// Serves several reads in one durable commit, in order, exactly as if [`Store::read`] were
+    /// called for each (a record named twice is counted twice). Listen deliveries use this so
+    /// that every record handed to a receiver is counted and logged without one fsync each.
+    /// At most [`MAX_READ_BATCH`] keys.
+    fn read_batch(&self, reads: &[ReadKey], now: u64) -> Result<Vec<ReadOutcome>, StoreError>;
 
     /// Deletes a record; returns whether it existed.
     fn delete(&self, owner: &PublicKey, receiver: &PublicKey, record_id: &str) -> Result<bool, StoreError>;

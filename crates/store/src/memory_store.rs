@@ -8,8 +8,8 @@ use pigeonhole_proto::tag::{TAG_LEN, Tag};
 
 use crate::codec::check_new_record;
 use crate::{
-    Account, ListQuery, NewRecord, PutOutcome, ReadOutcome, RecordMeta, Store, StoreError, StoredRecord,
-    Usage, UsageRow,
+    Account, ListQuery, MAX_READ_BATCH, NewRecord, PutOutcome, ReadKey, ReadOutcome, RecordMeta, Store,
+    StoreError, StoredRecord, Usage, UsageRow,
 };
 
 type Key = [u8; 32];
@@ -275,6 +275,16 @@ impl Store for MemoryStore {
             inner.remove(seq);
         }
         Ok(ReadOutcome::Served { record, exhausted })
+    }
+
+    fn read_batch(&self, reads: &[ReadKey], now: u64) -> Result<Vec<ReadOutcome>, StoreError> {
+        if reads.len() > MAX_READ_BATCH {
+            return Err(StoreError::Io(format!(
+                "invalid input (caller bug): {} reads in one batch",
+                reads.len()
+            )));
+        }
+        reads.iter().map(|key| self.read(&key.owner, &key.receiver, &key.record_id, now)).collect()
     }
 
     fn delete(&self, owner: &PublicKey, receiver: &PublicKey, record_id: &str) -> Result<bool, StoreError> {

@@ -2,7 +2,7 @@
 //! same observable results on `FjallStore` as on `MemoryStore` (the reference model), with
 //! the Fjall store closed and reopened at random points.
 //!
-//! `PROPTEST_CASES` sets the number of sequences (default 16).
+//! `PROPTEST_CASES` sets the number of sequences (default 12).
 
 use pigeonhole_proto::keys::{PublicKey, SecretKey};
 use pigeonhole_proto::tag::Tag;
@@ -203,7 +203,7 @@ fn observe<S: Store>(s: &S) -> Result<Vec<String>, StoreError> {
 }
 
 fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(16)
+    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(12)
 }
 
 proptest! {

@@ -259,12 +259,19 @@ pub(crate) struct Resp {
     pub(crate) status: u16,
     pub(crate) text: String,
     pub(crate) json: Value,
+    /// Header names in lower case.
+    pub(crate) headers: Vec<(String, String)>,
 }
 
 impl Resp {
-    fn new(status: u16, text: String) -> Self {
+    fn new(status: u16, text: String, headers: Vec<(String, String)>) -> Self {
         let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Self { status, text, json }
+        Self { status, text, json, headers }
+    }
+
+    /// The first value of a header.
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     /// Asserts a success status and returns the JSON body.
@@ -323,8 +330,13 @@ pub(crate) async fn send(
     }
     let response = request.send().await?;
     let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).to_string()))
+        .collect();
     let text = response.text().await?;
-    Ok(Resp::new(status, text))
+    Ok(Resp::new(status, text, headers))
 }
 
 /// PUTs a signed write to its own path on the relay at `url` (for spawned tasks).
@@ -337,6 +349,19 @@ pub(crate) async fn put_signed(
     let Request::Write(w) = &m.request else { panic!("not a write") };
     let path = record_path(&m.from, &m.to, &w.record_id);
     send(client, reqwest::Method::PUT, &format!("{url}{path}"), Some(signed.to_json())).await
+}
+
+/// Sends only the head of a request and the first `partial` bytes of a body that claims to
+/// be longer, then holds the connection open (a slow client). Returns the open stream.
+pub(crate) async fn slow_upload(addr: SocketAddr, path: &str, partial: &[u8]) -> tokio::net::TcpStream {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connects");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        partial.len() + 1000
+    );
+    stream.write_all(head.as_bytes()).await.expect("writes head");
+    stream.write_all(partial).await.expect("writes part of the body");
+    stream
 }
 
 /// A raw HTTP/1.1 request over TCP, for paths a URL library would normalize (`..`, `%2e%2e`)
@@ -361,6 +386,12 @@ fn parse_raw_response(answer: &[u8]) -> Resp {
     let head = String::from_utf8_lossy(&answer[..split]).to_string();
     let mut body = answer[split + 4..].to_vec();
     let status: u16 = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line");
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
     if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
         let mut out = Vec::new();
         let mut rest = &body[..];
@@ -378,7 +409,7 @@ fn parse_raw_response(answer: &[u8]) -> Resp {
         }
         body = out;
     }
-    Resp::new(status, String::from_utf8_lossy(&body).to_string())
+    Resp::new(status, String::from_utf8_lossy(&body).to_string(), headers)
 }
 
 // ---------------------------------------------------------------------------------------
