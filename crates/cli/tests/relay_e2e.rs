@@ -328,15 +328,21 @@ async fn authorization_matrix() {
                 Expect::Err(..) => resp.assert_error_shape(),
                 Expect::Ok(_) => match op {
                     Op::Usage => {
-                        // Only the signer's own outboxes: Alice sees Bob's one read of m1.
+                        // Only the signer's own outboxes. Alice's lists what Bob fetched so
+                        // far: his read of m1 and his listen (wait=0, from the start), which
+                        // delivered m1, victim and w-Owner. Alice's own listen is no read.
                         let actor = cast.actor(role);
                         let report = UsageReport::from_document(&document(&resp.json), &relay.relay_key)
                             .expect("usage document verifies");
                         assert_eq!(report.account, actor.pk(), "{role:?}");
-                        let reads: Vec<_> =
+                        let mut reads: Vec<_> =
                             report.reads.iter().map(|r| (r.receiver, r.record_id.as_str())).collect();
-                        let expected_reads =
-                            if role == Role::Owner { vec![(bob.pk(), "m1")] } else { vec![] };
+                        reads.sort_unstable_by_key(|(_, id)| *id);
+                        let expected_reads = if role == Role::Owner {
+                            ["m1", "m1", "victim", "w-Owner"].map(|id| (bob.pk(), id)).to_vec()
+                        } else {
+                            vec![]
+                        };
                         assert_eq!(reads, expected_reads, "usage of {role:?}");
                     }
                     Op::Inventory | Op::Listen => {
