@@ -15,7 +15,8 @@ use pigeonhole_proto::keys::{PublicKey, SecretKey};
 use pigeonhole_proto::receipt::{RelayDocument, RelayInfo, UsageEntry, UsageReport};
 use pigeonhole_proto::request::{Inventory, Listen, Message, Request, SignedMessage, Write};
 use pigeonhole_store::{
-    Account, AccountStatus, ListQuery, NewRecord, ReadKey, ReadOutcome, RecordMeta, Store, StoredRecord,
+    Account, AccountStatus, ListQuery, NewRecord, ReadKey, ReadOutcome, RecordMeta, Store, StoreError,
+    StoredRecord,
 };
 
 use crate::config::{AccountPolicy, RelayConfig};
@@ -351,7 +352,18 @@ impl Engine {
                 if message.from != read.receiver {
                     return Err(RelayError::new(ErrorCode::Forbidden, "only the receiver may read a record"));
                 }
-                match self.store.read(&read.owner, &read.receiver, &read.record_id, now)? {
+                let outcome = match self.store.read(&read.owner, &read.receiver, &read.record_id, now) {
+                    Err(StoreError::Full) => {
+                        // The disk is full: serve the record uncounted rather than refuse it.
+                        Self::uncounted_read();
+                        match self.store.get(&read.owner, &read.receiver, &read.record_id, now)? {
+                            Some(record) => ReadOutcome::Served { record, exhausted: false },
+                            None => ReadOutcome::NotFound,
+                        }
+                    }
+                    other => other?,
+                };
+                match outcome {
                     ReadOutcome::NotFound => Err(RelayError::new(ErrorCode::NotFound, "no such record")),
                     ReadOutcome::Served { record, exhausted } => Ok(Some(ReadResult { record, exhausted })),
                 }
@@ -471,9 +483,14 @@ impl Engine {
             .iter()
             .map(|r| ReadKey { owner: *owner, receiver: *receiver, record_id: r.meta.record_id.clone() })
             .collect();
-        let served = self
-            .store
-            .read_batch(&keys, now)?
+        let outcomes = match self.store.read_batch(&keys, now) {
+            Err(StoreError::Full) => {
+                Self::uncounted_read();
+                return Ok((records, cursor));
+            }
+            other => other?,
+        };
+        let served = outcomes
             .into_iter()
             .filter_map(|outcome| match outcome {
                 ReadOutcome::Served { record, .. } => Some(record),
@@ -481,6 +498,12 @@ impl Engine {
             })
             .collect();
         Ok((served, cursor))
+    }
+
+    /// Reads keep working when the disk is full, but cannot be counted or logged: say so.
+    fn uncounted_read() {
+        metrics::counter!("pigeonhole_uncounted_reads_total").increment(1);
+        tracing::warn!("storage is full: serving a read without counting it against pull limits or usage");
     }
 
     /// Registers the signer under the account policy. Registering an existing account is

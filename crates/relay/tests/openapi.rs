@@ -401,48 +401,428 @@ fn parse_request(example: &Value) -> Message {
     }
 }
 
+/// Every example value in the document: `example`, `examples` lists (schemas) and the
+/// `value` of `examples` maps (media types, `components/examples`).
+fn all_examples(doc: &Value) -> Vec<&Value> {
+    fn collect<'a>(value: &'a Value, out: &mut Vec<&'a Value>) {
+        match value {
+            Value::Array(items) => items.iter().for_each(|v| collect(v, out)),
+            Value::Object(map) => {
+                for (key, child) in map {
+                    match (key.as_str(), child) {
+                        ("example", _) => out.push(child),
+                        ("examples", Value::Array(items)) => out.extend(items),
+                        ("examples", Value::Object(named)) => {
+                            out.extend(named.values().filter_map(|e| e.get("value")));
+                        }
+                        _ => collect(child, out),
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    collect(doc, &mut out);
+    out
+}
+
 #[test]
 fn every_example_record_receipt_and_document_verifies() {
     let doc = document();
     let relay = example_relay(&doc);
     let mut counts = BTreeMap::<&str, usize>::new();
-    walk(&doc, &mut |value| {
-        let Some(object) = value.as_object() else { return };
-        // Any `{"msg": {...}}` anywhere (request bodies, stored records, WebSocket frames).
-        if object.get("msg").is_some_and(Value::is_object) && !object.contains_key("type") {
-            let mut request = value.clone();
-            if let Some(map) = request.as_object_mut() {
-                map.remove("id");
+    for example in all_examples(&doc) {
+        walk(example, &mut |value| {
+            let Some(object) = value.as_object() else { return };
+            // Any `{"msg": {...}}`: request bodies, stored records, WebSocket frames (`id` aside).
+            if object.get("msg").is_some_and(Value::is_object) {
+                parse_request(&json!({"msg": object["msg"]}));
+                *counts.entry("msg").or_default() += 1;
             }
-            parse_request(&request);
-            *counts.entry("msg").or_default() += 1;
-        }
-        if let Some(receipt) = object.get("receipt").filter(|r| r.is_object()) {
-            let parsed = WriteReceipt::from_json(&receipt.to_string()).unwrap();
-            parsed.verify(&relay).unwrap();
-            *counts.entry("receipt").or_default() += 1;
-        }
-        // `/v1/info` and `/v1/usage` answers: the document verifies and says what the JSON says.
-        if let Some(document) = object.get("document").and_then(Value::as_str) {
-            let bytes = BASE64.decode(document).unwrap();
-            let document = RelayDocument::from_bytes(&bytes).unwrap();
-            if let Some(info) = object.get("info") {
-                let signed = RelayInfo::from_document(&document, &relay).unwrap();
-                assert_eq!(serde_json::to_value(&signed).unwrap(), *info);
-                assert_eq!(object["timestamp"], document.timestamp);
-                *counts.entry("info").or_default() += 1;
-            } else {
-                let signed = UsageReport::from_document(&document, &relay).unwrap();
-                assert_eq!(serde_json::to_value(&signed).unwrap(), object["report"]);
-                *counts.entry("usage").or_default() += 1;
+            // Receipts, wherever they appear (write answers, the schema's own examples).
+            let receipt = object.get("receipt").filter(|r| r.is_object());
+            let receipt = receipt.or(object.contains_key("leaf").then_some(value));
+            if let Some(receipt) = receipt {
+                let parsed = WriteReceipt::from_json(&receipt.to_string()).unwrap();
+                parsed.verify(&relay).unwrap();
+                *counts.entry("receipt").or_default() += 1;
             }
-        }
-    });
-    // Schema-level examples of the receipt itself.
-    for example in doc["components"]["schemas"]["WriteReceipt"]["examples"].as_array().unwrap() {
-        WriteReceipt::from_json(&example.to_string()).unwrap().verify(&relay).unwrap();
+            // `/v1/info` and `/v1/usage` answers: the document verifies and says what the JSON
+            // beside it says.
+            if let Some(document) = object.get("document").and_then(Value::as_str) {
+                let bytes = BASE64.decode(document).unwrap();
+                let document = RelayDocument::from_bytes(&bytes).unwrap();
+                if let Some(info) = object.get("info") {
+                    let signed = RelayInfo::from_document(&document, &relay).unwrap();
+                    assert_eq!(serde_json::to_value(&signed).unwrap(), *info);
+                    assert_eq!(object["timestamp"], document.timestamp);
+                    assert_eq!(object["relay"], relay.to_hex());
+                    *counts.entry("info").or_default() += 1;
+                } else {
+                    let signed = UsageReport::from_document(&document, &relay).unwrap();
+                    assert_eq!(serde_json::to_value(&signed).unwrap(), object["report"]);
+                    *counts.entry("usage").or_default() += 1;
+                }
+            }
+        });
     }
     for what in ["msg", "receipt", "info", "usage"] {
         assert!(counts.get(what).copied().unwrap_or(0) > 0, "no `{what}` example found: {counts:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The examples' source: a real relay answering real requests.
+
+mod generate {
+    use super::*;
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use pigeonhole_proto::payload::Payload;
+    use pigeonhole_proto::request::{
+        Delete, Inventory, Listen, Read, Register, Request, Session, Usage, Write,
+    };
+    use pigeonhole_proto::seal::{Letter, seal};
+    use pigeonhole_proto::tag::{ChainKey, Prefix};
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+    pub(super) fn key(byte: u8) -> SecretKey {
+        SecretKey::from_bytes(&[byte; 32]).unwrap()
+    }
+
+    fn now() -> u64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+    }
+
+    fn message(from: &SecretKey, to: PublicKey, request: Request) -> Message {
+        Message { from: from.public_key(), to, timestamp: now(), request }
+    }
+
+    fn signed(from: &SecretKey, to: PublicKey, request: Request) -> Value {
+        let text = message(from, to, request).sign(from, &mut rand_core::OsRng).unwrap().to_json();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    fn unsigned(from: &SecretKey, to: PublicKey, request: Request) -> Value {
+        serde_json::from_str(&message(from, to, request).to_json()).unwrap()
+    }
+
+    struct Recorder {
+        client: reqwest::Client,
+        url: String,
+        out: serde_json::Map<String, Value>,
+    }
+
+    impl Recorder {
+        /// Sends a request, records `{method, path, request, status, response}` as `name`.
+        async fn call(
+            &mut self,
+            name: &str,
+            method: &str,
+            path: &str,
+            body: Option<String>,
+            bearer: Option<&str>,
+        ) -> Value {
+            let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+            let mut request = self.client.request(method.clone(), format!("{}{path}", self.url));
+            if let Some(token) = bearer {
+                request = request.bearer_auth(token);
+            }
+            if let Some(body) = &body {
+                request = request.body(body.clone());
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let headers: serde_json::Map<String, Value> = response
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or_default())))
+                .collect();
+            let text = response.text().await.unwrap();
+            let answer = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            let request = body.map(|b| serde_json::from_str(&b).unwrap_or(Value::String(b)));
+            let record = json!({
+                "method": method.as_str(), "path": path, "request": request,
+                "status": status, "headers": headers, "response": answer,
+            });
+            self.out.insert(name.to_owned(), record);
+            answer
+        }
+    }
+
+    type Socket =
+        tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+    async fn next_frame(socket: &mut Socket) -> Value {
+        loop {
+            let frame = tokio::time::timeout(std::time::Duration::from_secs(10), socket.next()).await;
+            match frame.unwrap().unwrap().unwrap() {
+                WsMessage::Text(text) => return serde_json::from_str(&text).unwrap(),
+                WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "writes the examples of spec/openapi.json to a file; run by hand"]
+    async fn generate_examples() {
+        let relay_key = key(0x11);
+        let relay = TestRelay::start(Some(&relay_key)).await;
+        let r = relay.key;
+        let (alice, bob, carol) = (key(1), key(2), key(3));
+        let (a, b) = (alice.public_key(), bob.public_key());
+        let mut rec =
+            Recorder { client: reqwest::Client::new(), url: relay.url.clone(), out: Default::default() };
+        let s = |v: &Value| v.to_string();
+
+        rec.call("health", "GET", "/health", None, None).await;
+        rec.call("info", "GET", "/v1/info", None, None).await;
+
+        // Accounts.
+        let register = |invite: Option<&str>| Request::Register(Register { invite: invite.map(Into::into) });
+        rec.call("register_new", "POST", "/v1/accounts", Some(s(&signed(&alice, r, register(None)))), None)
+            .await;
+        rec.call(
+            "register_existing",
+            "POST",
+            "/v1/accounts",
+            Some(s(&signed(&alice, r, register(None)))),
+            None,
+        )
+        .await;
+        let invited = signed(&carol, r, register(Some("spring-2026-guests")));
+        rec.call("register_invite", "POST", "/v1/accounts", Some(s(&invited)), None).await;
+
+        // An HTTP session.
+        let challenge = rec.call("session_challenge", "GET", "/v1/session", None, None).await;
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(challenge["challenge"].as_str().unwrap(), &mut bytes).unwrap();
+        let answer = signed(&alice, r, Request::Session(Session { challenge: bytes }));
+        let opened = rec.call("session_open", "POST", "/v1/session", Some(s(&answer)), None).await;
+        let token = opened["token"].as_str().unwrap().to_owned();
+
+        // Writes: a sealed letter from Alice to Bob, tagged on the contact path.
+        let letter = |id: &str, text: &str| Letter {
+            sender: Some(a),
+            recipient: b,
+            created_at: now(),
+            record_id: id.into(),
+            payload: Payload::Text(text.into()),
+        };
+        let content =
+            |id: &str, text: &str| seal(&letter(id, text), Some(&alice), &mut rand_core::OsRng).unwrap();
+        let chain = ChainKey::derive(&alice, &b, &a, &b);
+        let write1 = signed(
+            &alice,
+            b,
+            Request::Write(Write {
+                record_id: "msg-0001".into(),
+                ttl: 86_400,
+                tag: Some(chain.tag(&Prefix::EMPTY, 0)),
+                content: content("msg-0001", "Hello Bob! Lunch on Friday?"),
+            }),
+        );
+        let record_path = |id: &str| format!("/v1/{a}/outbox/{b}/{id}");
+        let outbox_path = format!("/v1/{a}/outbox/{b}");
+        rec.call("write_new", "PUT", &record_path("msg-0001"), Some(s(&write1)), None).await;
+        rec.call("write_duplicate", "PUT", &record_path("msg-0001"), Some(s(&write1)), None).await;
+        let write2 = unsigned(
+            &alice,
+            b,
+            Request::Write(Write {
+                record_id: "msg-0002".into(),
+                ttl: 0,
+                tag: None,
+                content: content("msg-0002", "Sent over an HTTP session."),
+            }),
+        );
+        let stored =
+            rec.call("write_session", "PUT", &record_path("msg-0002"), Some(s(&write2)), Some(&token)).await;
+        let first_seq = stored["seq"].as_u64().unwrap() - 1;
+
+        // Bob lists, listens and reads.
+        let inventory = signed(
+            &bob,
+            r,
+            Request::Inventory(Inventory {
+                owner: a,
+                receiver: b,
+                after_ts: None,
+                before_ts: None,
+                after_seq: None,
+                limit: 100,
+            }),
+        );
+        rec.call("inventory", "POST", &outbox_path, Some(s(&inventory)), None).await;
+        let listen = signed(
+            &bob,
+            r,
+            Request::Listen(Listen { owner: a, receiver: b, after_ts: None, after_seq: Some(first_seq) }),
+        );
+        rec.call("listen", "POST", &format!("{outbox_path}?wait=30"), Some(s(&listen)), None).await;
+        let read =
+            signed(&bob, r, Request::Read(Read { owner: a, receiver: b, record_id: "msg-0001".into() }));
+        rec.call("read", "POST", &record_path("msg-0001"), Some(s(&read)), None).await;
+        let delete = signed(&alice, r, Request::Delete(Delete { receiver: b, record_id: "msg-0002".into() }));
+        rec.call("delete", "POST", &record_path("msg-0002"), Some(s(&delete)), None).await;
+        let usage = signed(&alice, r, Request::Usage(Usage { after_ts: None, before_ts: None }));
+        rec.call("usage", "POST", "/v1/usage", Some(s(&usage)), None).await;
+        let usage_in_session =
+            unsigned(&alice, r, Request::Usage(Usage { after_ts: Some(now() - 3_600_000), before_ts: None }));
+        rec.call("usage_session", "POST", "/v1/usage", Some(s(&usage_in_session)), Some(&token)).await;
+
+        // Refusals.
+        rec.call("e_bad_request", "POST", "/v1/usage", Some("{\"msg\":{}}".into()), None).await;
+        rec.call("e_bad_path", "POST", &format!("/v1/{a}/outbox/not-a-key"), Some("{}".into()), None).await;
+        rec.call("e_bad_record_id", "POST", &format!("/v1/{a}/outbox/{b}/.."), Some("{}".into()), None).await;
+        rec.call("e_bad_query", "POST", &format!("{outbox_path}?since=5"), Some("{}".into()), None).await;
+        let listen2 = signed(
+            &bob,
+            r,
+            Request::Listen(Listen { owner: a, receiver: b, after_ts: None, after_seq: None }),
+        );
+        rec.call("e_wait", "POST", &format!("{outbox_path}?wait=600"), Some(s(&listen2)), None).await;
+        let mut forged = read.clone();
+        let sig = forged["msg"]["sig"].as_str().unwrap().to_owned();
+        forged["msg"]["sig"] =
+            json!(format!("{}{}", &sig[..127], if sig.ends_with('0') { '1' } else { '0' }));
+        rec.call("e_bad_signature", "POST", &record_path("msg-0001"), Some(s(&forged)), None).await;
+        rec.call("e_unknown_token", "POST", "/v1/usage", Some(s(&usage_in_session)), Some(&"00".repeat(32)))
+            .await;
+        rec.call("e_bad_authorization", "POST", "/v1/usage", Some(s(&usage_in_session)), Some("abc")).await;
+        let mut stale = message(&alice, r, Request::Usage(Usage { after_ts: None, before_ts: None }));
+        stale.timestamp -= 600_000;
+        let stale: Value =
+            serde_json::from_str(&stale.sign(&alice, &mut rand_core::OsRng).unwrap().to_json()).unwrap();
+        rec.call("e_stale", "POST", "/v1/usage", Some(s(&stale)), None).await;
+        let elsewhere =
+            signed(&alice, carol.public_key(), Request::Usage(Usage { after_ts: None, before_ts: None }));
+        rec.call("e_wrong_relay", "POST", "/v1/usage", Some(s(&elsewhere)), None).await;
+        let nosy =
+            signed(&carol, r, Request::Read(Read { owner: a, receiver: b, record_id: "msg-0001".into() }));
+        rec.call("e_forbidden", "POST", &record_path("msg-0001"), Some(s(&nosy)), None).await;
+        rec.call(
+            "e_session_key",
+            "PUT",
+            &format!("/v1/{b}/outbox/{a}/r1"),
+            Some(s(&unsigned(
+                &bob,
+                a,
+                Request::Write(Write { record_id: "r1".into(), ttl: 0, tag: None, content: vec![1] }),
+            ))),
+            Some(&token),
+        )
+        .await;
+        let unregistered = signed(
+            &bob,
+            a,
+            Request::Write(Write { record_id: "hi".into(), ttl: 0, tag: None, content: content("hi", "x") }),
+        );
+        rec.call("e_no_account", "PUT", &format!("/v1/{b}/outbox/{a}/hi"), Some(s(&unregistered)), None)
+            .await;
+        rec.call("e_replay", "POST", &record_path("msg-0001"), Some(s(&read)), None).await;
+        let again =
+            signed(&bob, r, Request::Read(Read { owner: a, receiver: b, record_id: "msg-0002".into() }));
+        rec.call("e_not_found", "POST", &record_path("msg-0002"), Some(s(&again)), None).await;
+        rec.call("e_no_endpoint", "GET", "/v1/nothing-here", None, None).await;
+        let other = signed(
+            &alice,
+            b,
+            Request::Write(Write {
+                record_id: "msg-0001".into(),
+                ttl: 86_400,
+                tag: None,
+                content: content("msg-0001", "Something else"),
+            }),
+        );
+        rec.call("e_conflict", "PUT", &record_path("msg-0001"), Some(s(&other)), None).await;
+        let moved =
+            signed(&bob, r, Request::Read(Read { owner: a, receiver: b, record_id: "msg-0001".into() }));
+        rec.call("e_path_mismatch", "POST", &record_path("msg-0009"), Some(s(&moved)), None).await;
+        let misplaced = signed(
+            &bob,
+            r,
+            Request::Inventory(Inventory {
+                owner: a,
+                receiver: b,
+                after_ts: None,
+                before_ts: None,
+                after_seq: None,
+                limit: 10,
+            }),
+        );
+        rec.call("e_wrong_type", "POST", &record_path("msg-0001"), Some(s(&misplaced)), None).await;
+        rec.call("e_too_large", "POST", "/v1/usage", Some(" ".repeat(300 * 1024)), None).await;
+        rec.call("e_method", "DELETE", "/v1/usage", None, None).await;
+        rec.call("e_ws_plain", "GET", "/v1/ws", None, None).await;
+
+        // The WebSocket transport: Bob listens, Alice writes, Bob gets a push.
+        let ws_url = format!("{}/v1/ws", relay.url.replace("http://", "ws://"));
+        let mut frames = serde_json::Map::new();
+        let open = |who: &SecretKey, tag: &'static str| {
+            let who = who.clone();
+            let ws_url = ws_url.clone();
+            async move {
+                let (mut socket, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
+                let hello = next_frame(&mut socket).await;
+                let mut challenge = [0u8; 32];
+                hex::decode_to_slice(hello["challenge"].as_str().unwrap(), &mut challenge).unwrap();
+                let answer = signed(&who, r, Request::Session(Session { challenge }));
+                let frame = json!({"id": 0, "msg": answer["msg"]});
+                socket.send(WsMessage::Text(frame.to_string().into())).await.unwrap();
+                let reply = next_frame(&mut socket).await;
+                (
+                    socket,
+                    vec![
+                        (format!("{tag}_challenge"), hello),
+                        (format!("{tag}_session"), frame),
+                        (format!("{tag}_session_answer"), reply),
+                    ],
+                )
+            }
+        };
+        let (mut bob_ws, log) = open(&bob, "bob").await;
+        let (mut alice_ws, log2) = open(&alice, "alice").await;
+        for (k, v) in log.into_iter().chain(log2) {
+            frames.insert(k, v);
+        }
+        let listen = unsigned(
+            &bob,
+            r,
+            Request::Listen(Listen {
+                owner: a,
+                receiver: b,
+                after_ts: None,
+                after_seq: Some(stored["seq"].as_u64().unwrap()),
+            }),
+        );
+        let frame = json!({"id": 1, "msg": listen["msg"]});
+        bob_ws.send(WsMessage::Text(frame.to_string().into())).await.unwrap();
+        frames.insert("listen".into(), frame);
+        frames.insert("subscribed".into(), next_frame(&mut bob_ws).await);
+        let write3 = unsigned(
+            &alice,
+            b,
+            Request::Write(Write {
+                record_id: "msg-0003".into(),
+                ttl: 3600,
+                tag: None,
+                content: content("msg-0003", "Over a WebSocket."),
+            }),
+        );
+        let frame = json!({"id": 1, "msg": write3["msg"]});
+        alice_ws.send(WsMessage::Text(frame.to_string().into())).await.unwrap();
+        frames.insert("write".into(), frame);
+        frames.insert("write_answer".into(), next_frame(&mut alice_ws).await);
+        frames.insert("push".into(), next_frame(&mut bob_ws).await);
+        rec.out.insert("ws".into(), Value::Object(frames));
+
+        rec.call("metrics", "GET", "/metrics", None, None).await;
+        let out = std::env::var("OPENAPI_EXAMPLES_OUT").unwrap_or_else(|_| {
+            std::env::temp_dir().join("pigeonhole-openapi-examples.json").display().to_string()
+        });
+        std::fs::write(&out, serde_json::to_string_pretty(&Value::Object(rec.out)).unwrap()).unwrap();
+        relay.stop().await;
     }
 }
