@@ -379,9 +379,8 @@ async fn authorization_matrix() {
     assert_eq!(inventory[0].1, m1);
     assert_eq!(relay.inventory(bob, &carol.pk(), &bob.pk()).await, vec![("c1".to_owned(), c1)]);
     assert!(relay.inventory(bob, &dave.pk(), &bob.pk()).await.is_empty());
-    for (owner, receiver) in [(bob, bob), (carol, carol), (dave, dave)] {
-        assert!(relay.inventory(receiver, &owner.pk(), &bob.pk()).await.len() <= 1);
-    }
+    // Bob's and Dave's refused writes did not land in their own outboxes either.
+    assert!(relay.inventory(bob, &bob.pk(), &bob.pk()).await.is_empty());
     let read = relay.read(bob, &alice.pk(), &bob.pk(), "m1").await;
     assert_eq!(opened_text(read.ok(200), bob).1, "for Bob");
 }
@@ -416,7 +415,8 @@ async fn bad_input_is_refused_with_json_errors_and_changes_nothing() {
     let (alice, bob, carol, mallory) =
         (Person::new("alice"), Person::new("bob"), Person::new("carol"), Person::new("mallory"));
     relay.register(&alice, None).await.ok(201);
-    let m1 = u(&relay.write(&alice, &bob.pk(), "m1", "hello").await.ok(201)["seq"]);
+    let m1_write = alice.signed(write_msg(&alice, &bob.pk(), "m1", "hello"));
+    let m1 = u(&relay.put_write(&m1_write).await.ok(201)["seq"]);
     let (a, b) = (alice.pk(), bob.pk());
     let m1_path = record_path(&a, &b, "m1");
     let outbox = outbox_path(&a, &b);
@@ -799,6 +799,8 @@ async fn bad_input_is_refused_with_json_errors_and_changes_nothing() {
     let usage = alice.sign(usage_msg(&alice, &rk, None, None));
     relay.post("/v1/usage", usage.clone()).await.ok(200);
     relay.post("/v1/usage", usage).await.err(409, "replay");
+    let again = relay.put_write(&m1_write).await;
+    assert_eq!((again.ok(200)["duplicate"].clone(), u(&again.json["seq"])), (Value::Bool(true), m1));
 
     // Upper-case hex in the path is the same key (either case is accepted).
     let upper = format!("/v1/{}/outbox/{}/m1", hex_a.to_uppercase(), hex_b.to_uppercase());
@@ -1107,7 +1109,7 @@ async fn invite_policy_operator_accounts_and_invite_codes() {
     let data = data.to_str().expect("utf-8 path");
     let out = run_cli(
         &["serve", "account", "add", &alice.hex(), "--data", data],
-        &relay.data_dir(),
+        relay.root(),
         Duration::from_secs(20),
     );
     assert!(out.status.success(), "account add failed: {out:?}");
@@ -1115,7 +1117,7 @@ async fn invite_policy_operator_accounts_and_invite_codes() {
     let carol_b32 = carol.pk().to_bech32m();
     let out = run_cli(
         &["serve", "account", "add", &carol_b32, "--data", data, "--json"],
-        &relay.data_dir(),
+        relay.root(),
         Duration::from_secs(20),
     );
     assert!(out.status.success(), "account add --json failed: {out:?}");
@@ -1131,7 +1133,7 @@ async fn invite_policy_operator_accounts_and_invite_codes() {
     // While the relay runs, `account add` refuses to touch its store.
     let out = run_cli(
         &["serve", "account", "add", &dave.hex(), "--data", data],
-        &relay.data_dir(),
+        relay.root(),
         Duration::from_secs(20),
     );
     assert!(!out.status.success(), "account add must refuse a store in use: {out:?}");

@@ -127,6 +127,7 @@ fn commit_batch(engine: &Engine, notifier: &Notifier, batch: Vec<Job>) {
     for ((record, outcome), reply) in records.iter().zip(&outcomes).zip(replies) {
         let (seq, stored_at, expires_at, duplicate) = match *outcome {
             PutOutcome::Stored { seq } => {
+                engine.committed(record);
                 notifier.notify(&record.owner, &record.receiver);
                 (seq, record.stored_at, record.expires_at, false)
             }

@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 use pigeonhole_proto::keys::Signature;
 use pigeonhole_proto::keys::{PublicKey, SecretKey};
 use pigeonhole_proto::receipt::{RelayDocument, RelayInfo, UsageEntry, UsageReport};
-use pigeonhole_proto::request::{Inventory, Listen, Message, Request, SignedMessage, Write};
+use pigeonhole_proto::request::{Inventory, Listen, Message, Request, SignedMessage};
 use pigeonhole_store::{
     Account, AccountStatus, ListQuery, NewRecord, ReadKey, ReadOutcome, RecordMeta, Store, StoreError,
     StoredRecord,
@@ -109,8 +109,13 @@ impl ReplayCache {
         Self { seen: HashMap::new(), order: VecDeque::new() }
     }
 
-    /// Records `hash` (valid until `expires`); false if it was already there.
-    fn insert(&mut self, hash: [u8; 32], expires: u64, now: u64) -> Result<bool, RelayError> {
+    /// Whether `hash` is remembered (and not expired at `now`).
+    fn contains(&mut self, hash: &[u8; 32], now: u64) -> bool {
+        self.purge(now);
+        self.seen.contains_key(hash)
+    }
+
+    fn purge(&mut self, now: u64) {
         while let Some((old, at)) = self.order.front().copied() {
             if at > now {
                 break;
@@ -120,6 +125,11 @@ impl ReplayCache {
                 self.seen.remove(&old);
             }
         }
+    }
+
+    /// Records `hash` (valid until `expires`); false if it was already there.
+    fn insert(&mut self, hash: [u8; 32], expires: u64, now: u64) -> Result<bool, RelayError> {
+        self.purge(now);
         if self.seen.contains_key(&hash) {
             return Ok(false);
         }
@@ -267,10 +277,20 @@ impl Engine {
             ));
         };
         Self::check_record_path(path, &message.from, &message.to, &write.record_id)?;
-        self.check_can_write(&message.from, write, now)?;
+        let account = self.writable_account(&message.from)?;
         let limits = &self.config.limits;
+        if write.content.len() > limits.max_record_bytes as usize {
+            return Err(RelayError::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "record content is {} bytes; this relay accepts at most {}",
+                    write.content.len(),
+                    limits.max_record_bytes
+                ),
+            ));
+        }
         let ttl = if write.ttl == 0 { limits.default_ttl_secs } else { write.ttl.min(limits.max_ttl_secs) };
-        Ok(NewRecord {
+        let record = NewRecord {
             owner: message.from,
             receiver: message.to,
             record_id: write.record_id.clone(),
@@ -280,10 +300,32 @@ impl Engine {
             max_pulls: limits.pull_limit,
             record_hash: message.record_hash(),
             bytes: verified.stored_bytes(),
-        })
+        };
+        // A retry of a stored write is answered with its receipt and costs no quota; a rival
+        // write to a taken path is refused before it is charged anything.
+        match self.store.get(&record.owner, &record.receiver, &record.record_id, now)? {
+            Some(existing) if existing.meta.record_hash == record.record_hash => return Ok(record),
+            Some(_) => {
+                return Err(RelayError::new(
+                    ErrorCode::Conflict,
+                    "a different record already has this path; choose a new record id",
+                ));
+            }
+            None => {}
+        }
+        // The same signed write, stored before and since deleted or used up, may not come
+        // back while its timestamp is still fresh.
+        if self.replay.lock().contains(&record.record_hash, now) {
+            return Err(RelayError::new(
+                ErrorCode::Replay,
+                "this write was already stored and has since been deleted or used up; sign a new one",
+            ));
+        }
+        self.check_quotas(&account, &record, now)?;
+        Ok(record)
     }
 
-    fn check_can_write(&self, owner: &PublicKey, write: &Write, now: u64) -> Result<(), RelayError> {
+    fn writable_account(&self, owner: &PublicKey) -> Result<Account, RelayError> {
         let account = self.store.account(owner)?.ok_or_else(|| {
             RelayError::new(
                 ErrorCode::NoAccount,
@@ -296,20 +338,14 @@ impl Engine {
                 "this account may not write at the moment",
             ));
         }
-        let size = write.content.len();
-        if size > self.config.limits.max_record_bytes as usize {
-            return Err(RelayError::new(
-                ErrorCode::TooLarge,
-                format!(
-                    "record content is {size} bytes; this relay accepts at most {}",
-                    self.config.limits.max_record_bytes
-                ),
-            ));
-        }
+        Ok(account)
+    }
+
+    fn check_quotas(&self, account: &Account, record: &NewRecord, now: u64) -> Result<(), RelayError> {
         let max_bytes =
             if account.max_bytes == 0 { self.config.accounts.max_bytes } else { account.max_bytes };
-        let used = self.store.owner_usage(owner)?;
-        if used.bytes.saturating_add(size as u64) > max_bytes {
+        let used = self.store.owner_usage(&account.key)?;
+        if used.bytes.saturating_add(record.bytes.len() as u64) > max_bytes {
             return Err(RelayError::new(
                 ErrorCode::QuotaExceeded,
                 format!(
@@ -323,20 +359,35 @@ impl Engine {
         } else {
             account.max_records_per_day
         };
+        let daily = self.daily.lock();
         let day = now / DAY_MS;
-        let mut daily = self.daily.lock();
-        let entry = daily.entry(*owner).or_insert((day, 0));
-        if entry.0 != day {
-            *entry = (day, 0);
-        }
-        if entry.1 >= per_day {
+        let used_today = daily.get(&account.key).filter(|(d, _)| *d == day).map_or(0, |(_, n)| *n);
+        if used_today >= per_day {
             return Err(RelayError::new(
                 ErrorCode::QuotaExceeded,
                 format!("the account's quota of {per_day} records per day is used up"),
             ));
         }
-        entry.1 += 1;
         Ok(())
+    }
+
+    /// Called by the commit thread for each write it made durable: charges the daily quota and
+    /// remembers the write's hash for the skew window, so the same signed write cannot be
+    /// stored again after a delete or pull-limit exhaustion.
+    pub fn committed(&self, record: &NewRecord) {
+        let day = record.stored_at / DAY_MS;
+        {
+            let mut daily = self.daily.lock();
+            let entry = daily.entry(record.owner).or_insert((day, 0));
+            if entry.0 != day {
+                *entry = (day, 0);
+            }
+            entry.1 = entry.1.saturating_add(1);
+        }
+        let skew = u64::from(self.config.limits.max_skew_secs) * 1000;
+        let expires = record.stored_at.saturating_add(2 * skew).saturating_add(1);
+        // A full cache only loses this protection for this write; the write itself is stored.
+        let _ = self.replay.lock().insert(record.record_hash, expires, record.stored_at);
     }
 
     /// Serves a `read` (only the receiver may read) or performs a `delete` (only the owner).
@@ -620,7 +671,7 @@ pub fn random_aux() -> [u8; 32] {
 mod tests {
     use super::*;
     use crate::config::AccountPolicy;
-    use pigeonhole_proto::request::{Delete, Read, Register};
+    use pigeonhole_proto::request::{Delete, Read, Register, Write};
     use pigeonhole_store::MemoryStore;
 
     const NOW: u64 = 1_800_000_000_000;
@@ -713,37 +764,53 @@ mod tests {
         config.limits.max_record_bytes = 100;
         config.limits.default_ttl_secs = 60;
         config.limits.max_ttl_secs = 3600;
-        config.accounts.max_bytes = 250;
+        config.accounts.max_bytes = 100_000;
         config.accounts.max_records_per_day = 3;
         let e = engine_with(config);
-        let good = path(1, 2, Some("a"));
-        assert_eq!(
-            code(e.prepare_write(&verified(write_msg(1, 2, "a", 10, 0)), &good, NOW)),
-            ErrorCode::NoAccount
-        );
+        let good = |id: &str| path(1, 2, Some(id));
+        let write = |id: &str, size, ttl| verified(write_msg(1, 2, id, size, ttl));
+        assert_eq!(code(e.prepare_write(&write("a", 10, 0), &good("a"), NOW)), ErrorCode::NoAccount);
         register(&e, 1, None).expect("open policy");
-        let record = e.prepare_write(&verified(write_msg(1, 2, "a", 10, 0)), &good, NOW).expect("ok");
+        let record = e.prepare_write(&write("a", 10, 0), &good("a"), NOW).expect("ok");
         assert_eq!(record.expires_at, NOW + 60_000, "ttl 0 means the default");
-        let capped = e.prepare_write(&verified(write_msg(1, 2, "a", 10, 999_999)), &good, NOW).expect("ok");
+        let capped = e.prepare_write(&write("a", 10, 999_999), &good("a"), NOW).expect("ok");
         assert_eq!(capped.expires_at, NOW + 3_600_000, "ttl is capped");
-        assert_eq!(
-            code(e.prepare_write(&verified(write_msg(1, 2, "a", 101, 0)), &good, NOW)),
-            ErrorCode::TooLarge
-        );
-        // Third write of the day passes, the fourth is over the daily quota.
-        e.prepare_write(&verified(write_msg(1, 2, "a", 10, 0)), &good, NOW).expect("third");
-        assert_eq!(
-            code(e.prepare_write(&verified(write_msg(1, 2, "a", 10, 0)), &good, NOW)),
-            ErrorCode::QuotaExceeded
-        );
+        assert_eq!(code(e.prepare_write(&write("a", 101, 0), &good("a"), NOW)), ErrorCode::TooLarge);
+        // Only committed writes count against the daily quota: three are stored, the fourth
+        // distinct write is refused.
+        for id in ["d1", "d2", "d3"] {
+            let record = e.prepare_write(&write(id, 10, 0), &good(id), NOW).expect("under quota");
+            e.store().put_batch(std::slice::from_ref(&record)).expect("stored");
+            e.committed(&record);
+        }
+        assert_eq!(code(e.prepare_write(&write("d4", 10, 0), &good("d4"), NOW)), ErrorCode::QuotaExceeded);
+        // A retry of a stored write is still answered (as a duplicate) at the quota.
+        assert!(e.prepare_write(&write("d1", 10, 0), &good("d1"), NOW).is_ok());
+        // A rival write to a taken path is a conflict, refused before any charge.
+        assert_eq!(code(e.prepare_write(&write("d1", 11, 0), &good("d1"), NOW)), ErrorCode::Conflict);
         // A new day resets the count.
-        e.prepare_write(&verified(write_msg(1, 2, "a", 10, 0)), &good, NOW + DAY_MS).expect("next day");
+        e.prepare_write(&write("d4", 10, 0), &good("d4"), NOW + DAY_MS).expect("next day");
+    }
+
+    #[test]
+    fn a_deleted_write_cannot_be_replayed_while_fresh() {
+        let e = engine();
+        register(&e, 1, None).expect("registered");
+        let w = verified(write_msg(1, 2, "gone", 5, 0));
+        let record = e.prepare_write(&w, &path(1, 2, Some("gone")), NOW).expect("ok");
+        e.store().put_batch(std::slice::from_ref(&record)).expect("stored");
+        e.committed(&record);
+        assert!(e.store().delete(&key(1).public_key(), &key(2).public_key(), "gone").expect("deleted"));
+        assert_eq!(code(e.prepare_write(&w, &path(1, 2, Some("gone")), NOW + 1000)), ErrorCode::Replay);
+        // Once the timestamp is stale the request is refused at admission anyway, and the cache forgets it.
+        assert!(e.prepare_write(&w, &path(1, 2, Some("gone")), NOW + 10 * 121_000).is_ok());
     }
 
     #[test]
     fn byte_quota_counts_stored_records() {
+        // Quotas count the stored bytes (the whole write, 145 bytes here).
         let mut config = RelayConfig::default();
-        config.accounts.max_bytes = 100;
+        config.accounts.max_bytes = 250;
         let e = engine_with(config);
         register(&e, 1, None).expect("registered");
         let record =

@@ -50,6 +50,17 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// Session challenges and tokens.
     pub sessions: Sessions,
+    /// Becomes `true` when the relay starts shutting down: long polls, slow uploads and
+    /// WebSocket sessions end at once instead of holding shutdown up.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+impl AppState {
+    /// Resolves when the relay starts shutting down.
+    pub async fn shutting_down(&self) {
+        let mut shutdown = self.shutdown.clone();
+        let _ = shutdown.wait_for(|stopping| *stopping).await;
+    }
 }
 
 impl AppState {
@@ -59,6 +70,7 @@ impl AppState {
         committer: Committer,
         notifier: Arc<Notifier>,
         metrics: Option<PrometheusHandle>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
         let limits = &engine.config().limits;
         let per_sec = NonZeroU32::new(limits.requests_per_sec_per_ip).unwrap_or(NonZeroU32::MIN);
@@ -75,6 +87,7 @@ impl AppState {
             notifier,
             metrics,
             sessions: Sessions::default(),
+            shutdown,
         }
     }
 }
@@ -217,7 +230,11 @@ async fn info(State(state): State<Shared>) -> Response {
 async fn read_body(state: &AppState, body: Body) -> Result<String, ApiError> {
     let limits = &state.engine.config().limits;
     let timeout = Duration::from_secs(u64::from(limits.request_timeout_secs));
-    let bytes = match tokio::time::timeout(timeout, axum::body::to_bytes(body, limits.max_body_bytes)).await {
+    let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, limits.max_body_bytes));
+    let bytes = match tokio::select! {
+        read = read => read,
+        () = state.shutting_down() => return Err(error(ErrorCode::Busy, "the relay is shutting down; retry shortly")),
+    } {
         Err(_) => return Err(error(ErrorCode::BadRequest, "the request body took too long to arrive")),
         Ok(Err(_)) => {
             return Err(error(
@@ -384,8 +401,13 @@ pub(crate) async fn op_record(state: &Shared, verified: Verified, path: RequestP
 pub(crate) async fn op_inventory(state: &Shared, verified: Verified, path: RequestPath) -> OpResult {
     let engine = state.engine.clone();
     let now = now_ms();
+    // An empty page leaves the cursor where the client asked to start.
+    let start = match &verified.message.request {
+        ProtoRequest::Inventory(inventory) => inventory.after_seq.unwrap_or(0),
+        _ => 0,
+    };
     let records = blocking(move || engine.inventory(&verified.message, &path, now)).await?;
-    let last = records.last().map_or(0, |m| m.seq);
+    let last = records.last().map_or(start, |m| m.seq);
     let list: Vec<Value> = records.iter().map(meta_json).collect();
     Ok((StatusCode::OK, json!({"records": list, "lastSeq": last})))
 }
@@ -497,7 +519,11 @@ async fn long_poll(state: Shared, verified: Verified, path: RequestPath, wait: u
         if !list.is_empty() || tokio::time::Instant::now() >= deadline {
             return Ok(axum::Json(json!({"records": list, "cursor": next})).into_response());
         }
-        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+        let woken = tokio::select! {
+            woken = tokio::time::timeout_at(deadline, notified) => woken.is_ok(),
+            () = state.shutting_down() => false,
+        };
+        if !woken {
             return Ok(axum::Json(json!({"records": [], "cursor": cursor})).into_response());
         }
     }

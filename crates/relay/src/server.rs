@@ -170,6 +170,7 @@ async fn accept_loop(
     app: axum::Router,
     limits: &crate::config::Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    stopping: tokio::sync::watch::Sender<bool>,
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::server::conn::auto::Builder;
@@ -220,6 +221,8 @@ async fn accept_loop(
         });
     }
     drop(listener);
+    // Long polls, slow uploads and WebSocket sessions end now; requests being served finish.
+    let _ = stopping.send(true);
     if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await.is_err() {
         tracing::warn!("some connections were still open 30 s after shutdown began");
     }
@@ -243,13 +246,15 @@ pub async fn serve(
     let engine = Arc::new(Engine::new(store.clone(), key, config));
     let notifier = Arc::new(Notifier::default());
     let committer = Committer::start(engine.clone(), notifier.clone());
-    let state = Arc::new(AppState::new(engine.clone(), committer, notifier, metrics_handle()));
+    let (stopping, shutdown_watch) = tokio::sync::watch::channel(false);
+    let state =
+        Arc::new(AppState::new(engine.clone(), committer, notifier, metrics_handle(), shutdown_watch));
     let app = router(state.clone());
     let sweeper = spawn_sweeper(store.clone(), Arc::downgrade(&state));
     tracing::info!(%addr, relay = %engine.public_key(), data = %data.display(), last_seq = store.last_seq(), "relay started");
     on_listening(addr);
 
-    let served = accept_loop(listener, app, &state.engine.config().limits, shutdown).await;
+    let served = accept_loop(listener, app, &state.engine.config().limits, shutdown, stopping).await;
     drop(sweeper);
     // In-flight requests are done; dropping the last state reference stops the commit
     // thread after it has committed everything queued.

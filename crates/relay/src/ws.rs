@@ -188,7 +188,17 @@ async fn connection(state: Shared, socket: WebSocket, peer: SocketAddr) {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut tasks = JoinSet::new();
     let mut subscriptions = 0usize;
-    while let Some(text) = next_text(&mut stream).await {
+    loop {
+        let text = tokio::select! {
+            text = next_text(&mut stream) => match text {
+                Some(text) => text,
+                None => break,
+            },
+            () = state.shutting_down() => {
+                out.close(1001, "the relay is shutting down".into()).await;
+                break;
+            }
+        };
         // Reap finished tasks so the set stays as small as the work in progress.
         while tasks.try_join_next().is_some() {}
         let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
@@ -338,6 +348,9 @@ async fn subscription(state: Shared, verified: Verified, id: u64, out: Out) {
                 continue;
             }
         }
-        notified.await;
+        tokio::select! {
+            () = &mut notified => {}
+            () = state.shutting_down() => return,
+        }
     }
 }

@@ -572,6 +572,7 @@ mod generate {
         let r = relay.key;
         let (alice, bob, carol) = (key(1), key(2), key(3));
         let (a, b) = (alice.public_key(), bob.public_key());
+        let (ah, bh) = (a.to_hex(), b.to_hex());
         let mut rec =
             Recorder { client: reqwest::Client::new(), url: relay.url.clone(), out: Default::default() };
         let s = |v: &Value| v.to_string();
@@ -623,8 +624,8 @@ mod generate {
                 content: content("msg-0001", "Hello Bob! Lunch on Friday?"),
             }),
         );
-        let record_path = |id: &str| format!("/v1/{a}/outbox/{b}/{id}");
-        let outbox_path = format!("/v1/{a}/outbox/{b}");
+        let record_path = |id: &str| format!("/v1/{ah}/outbox/{bh}/{id}");
+        let outbox_path = format!("/v1/{ah}/outbox/{bh}");
         rec.call("write_new", "PUT", &record_path("msg-0001"), Some(s(&write1)), None).await;
         rec.call("write_duplicate", "PUT", &record_path("msg-0001"), Some(s(&write1)), None).await;
         let write2 = unsigned(
@@ -639,7 +640,7 @@ mod generate {
         );
         let stored =
             rec.call("write_session", "PUT", &record_path("msg-0002"), Some(s(&write2)), Some(&token)).await;
-        let first_seq = stored["seq"].as_u64().unwrap() - 1;
+        let first_seq = stored["seq"].as_u64().unwrap_or_else(|| panic!("{stored}")) - 1;
 
         // Bob lists, listens and reads.
         let inventory = signed(
@@ -674,8 +675,15 @@ mod generate {
 
         // Refusals.
         rec.call("e_bad_request", "POST", "/v1/usage", Some("{\"msg\":{}}".into()), None).await;
-        rec.call("e_bad_path", "POST", &format!("/v1/{a}/outbox/not-a-key"), Some("{}".into()), None).await;
-        rec.call("e_bad_record_id", "POST", &format!("/v1/{a}/outbox/{b}/.."), Some("{}".into()), None).await;
+        rec.call("e_bad_path", "POST", &format!("/v1/{ah}/outbox/not-a-key"), Some("{}".into()), None).await;
+        rec.call(
+            "e_bad_record_id",
+            "POST",
+            &format!("/v1/{ah}/outbox/{bh}/bad%20id"),
+            Some("{}".into()),
+            None,
+        )
+        .await;
         rec.call("e_bad_query", "POST", &format!("{outbox_path}?since=5"), Some("{}".into()), None).await;
         let listen2 = signed(
             &bob,
@@ -705,7 +713,7 @@ mod generate {
         rec.call(
             "e_session_key",
             "PUT",
-            &format!("/v1/{b}/outbox/{a}/r1"),
+            &format!("/v1/{bh}/outbox/{ah}/r1"),
             Some(s(&unsigned(
                 &bob,
                 a,
@@ -719,7 +727,7 @@ mod generate {
             a,
             Request::Write(Write { record_id: "hi".into(), ttl: 0, tag: None, content: content("hi", "x") }),
         );
-        rec.call("e_no_account", "PUT", &format!("/v1/{b}/outbox/{a}/hi"), Some(s(&unregistered)), None)
+        rec.call("e_no_account", "PUT", &format!("/v1/{bh}/outbox/{ah}/hi"), Some(s(&unregistered)), None)
             .await;
         rec.call("e_replay", "POST", &record_path("msg-0001"), Some(s(&read)), None).await;
         let again =

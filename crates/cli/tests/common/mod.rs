@@ -367,22 +367,40 @@ pub(crate) async fn slow_upload(addr: SocketAddr, path: &str, partial: &[u8]) ->
 /// A raw HTTP/1.1 request over TCP, for paths a URL library would normalize (`..`, `%2e%2e`)
 /// and bodies a client library would not send. Closes the connection after one answer.
 pub(crate) async fn raw_http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Resp {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connects");
-    let head = format!(
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connects");
+    let mut request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
-    );
-    stream.write_all(head.as_bytes()).await.expect("writes head");
-    // The relay may answer (and close) before reading a refused body; that is fine.
-    let _ = stream.write_all(body).await;
-    let mut answer = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
-    assert!(read.is_ok(), "no answer within 10 s for {method} {path}");
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    let (mut reader, mut writer) = stream.into_split();
+    // Write and read at once: the relay may answer (and close) before reading a body it
+    // refuses, and the answer must be read before a reset could discard it.
+    let write = async move {
+        let _ = writer.write_all(&request).await;
+        writer
+    };
+    let read = async move {
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => return answer,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let joined = tokio::time::timeout(Duration::from_secs(10), async { tokio::join!(write, read) }).await;
+    let (_writer, answer) = joined.unwrap_or_else(|_| panic!("no answer within 10 s for {method} {path}"));
     parse_raw_response(&answer)
 }
 
 fn parse_raw_response(answer: &[u8]) -> Resp {
-    let split = answer.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP head");
+    let split = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP head in {:?}", String::from_utf8_lossy(answer)));
     let head = String::from_utf8_lossy(&answer[..split]).to_string();
     let mut body = answer[split + 4..].to_vec();
     let status: u16 = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line");
@@ -451,6 +469,11 @@ impl Relay {
         };
         relay.spawn().await;
         relay
+    }
+
+    /// The temporary root: `data/` and the stderr logs.
+    pub(crate) fn root(&self) -> &Path {
+        self.root.path()
     }
 
     /// The data directory (`--data`).
