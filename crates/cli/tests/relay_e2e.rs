@@ -1458,3 +1458,36 @@ async fn listen_deliveries_count_as_reads() {
     }
     assert!(failures.is_empty(), "listen bypasses pull limits and usage reports:\n{}", failures.join("\n"));
 }
+
+/// A damaged store is refused at start with a message that says so; the relay does not serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_store_is_refused_at_start() {
+    let mut relay = Relay::start(&[]).await;
+    let (alice, bob) = (Person::new("alice"), Person::new("bob"));
+    relay.register(&alice, None).await.ok(201);
+    for i in 0..20 {
+        relay.write(&alice, &bob.pk(), &format!("r{i}"), "keep me").await.ok(201);
+    }
+    let (status, _) = relay.terminate(Duration::from_secs(10)).await.expect("stops on SIGTERM");
+    assert!(status.success());
+    // Lose the journal's contents: acknowledged writes would be missing.
+    let journal = std::fs::read_dir(relay.data_dir().join("store"))
+        .expect("store dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "jnl"))
+        .expect("a journal file");
+    let file = std::fs::OpenOptions::new().write(true).open(&journal).expect("open journal");
+    file.set_len(0).expect("truncate");
+    drop(file);
+
+    let data = relay.data_dir();
+    let out = run_cli(
+        &["serve", "--listen", "127.0.0.1:0", "--data", data.to_str().expect("utf-8")],
+        relay.root(),
+        Duration::from_secs(20),
+    );
+    assert!(!out.status.success(), "a relay on a damaged store must not start: {out:?}");
+    assert!(!out.stdout.contains("listening on"), "{}", out.stdout);
+    assert!(out.stderr.contains("corrupted"), "the error says what is wrong: {}", out.stderr);
+}

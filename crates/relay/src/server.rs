@@ -27,7 +27,7 @@ pub const STORE_DIR: &str = "store";
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// The data directory or key file could not be used.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         /// What was being done.
         context: String,
@@ -38,7 +38,7 @@ pub enum ServerError {
     #[error("relay key file {0} is not a valid key (64 hex characters); restore it from backup")]
     BadKey(PathBuf),
     /// The store could not be opened.
-    #[error("cannot open the store in {path}: {source}")]
+    #[error("cannot open the store in {path}")]
     Store {
         /// The store directory.
         path: PathBuf,
