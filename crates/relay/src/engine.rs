@@ -223,14 +223,21 @@ impl Engine {
                 ),
             ));
         }
-        if !is_write {
-            let expires = message.timestamp.saturating_add(skew).saturating_add(1);
-            if !self.replay.lock().insert(message.signing_hash(), expires, now)? {
-                return Err(RelayError::new(
-                    ErrorCode::Replay,
-                    "this signed request was already used; sign a new one",
-                ));
-            }
+
+        Ok(())
+    }
+
+    /// Marks a non-write request as used, refusing it if it was used before in the skew
+    /// window. Called after the path and authorization checks and before anything is read or
+    /// changed, so a request refused for another reason can be corrected and sent again.
+    pub fn use_once(&self, message: &Message, now: u64) -> Result<(), RelayError> {
+        let skew = u64::from(self.config.limits.max_skew_secs) * 1000;
+        let expires = message.timestamp.saturating_add(skew).saturating_add(1);
+        if !self.replay.lock().insert(message.signing_hash(), expires, now)? {
+            return Err(RelayError::new(
+                ErrorCode::Replay,
+                "this signed request was already used; sign a new one",
+            ));
         }
         Ok(())
     }
@@ -403,6 +410,7 @@ impl Engine {
                 if message.from != read.receiver {
                     return Err(RelayError::new(ErrorCode::Forbidden, "only the receiver may read a record"));
                 }
+                self.use_once(message, now)?;
                 let outcome = match self.store.read(&read.owner, &read.receiver, &read.record_id, now) {
                     Err(StoreError::Full) => {
                         // The disk is full: serve the record uncounted rather than refuse it.
@@ -421,6 +429,7 @@ impl Engine {
             }
             Request::Delete(delete) => {
                 Self::check_record_path(path, &message.from, &delete.receiver, &delete.record_id)?;
+                self.use_once(message, now)?;
                 if self.store.delete(&message.from, &delete.receiver, &delete.record_id)? {
                     Ok(None)
                 } else {
@@ -465,6 +474,7 @@ impl Engine {
             return Err(RelayError::new(ErrorCode::WrongRequestType, "expected `inventory`"));
         };
         Self::check_outbox_reader(message, owner, receiver, path)?;
+        self.use_once(message, now)?;
         let limit = (*limit).min(self.config.limits.max_inventory) as usize;
         let query = ListQuery {
             owner: *owner,
@@ -489,6 +499,7 @@ impl Engine {
             return Err(RelayError::new(ErrorCode::WrongRequestType, "expected `listen`"));
         };
         Self::check_outbox_reader(message, owner, receiver, path)?;
+        self.use_once(message, now)?;
         let start = match (after_seq, after_ts) {
             (Some(seq), _) => *seq,
             (None, Some(ts)) => {
@@ -563,6 +574,7 @@ impl Engine {
         let Request::Register(register) = &message.request else {
             return Err(RelayError::new(ErrorCode::WrongRequestType, "expected `register`"));
         };
+        self.use_once(message, now)?;
         if let Some(existing) = self.store.account(&message.from)? {
             return Ok(existing);
         }
@@ -601,6 +613,7 @@ impl Engine {
         let Request::Usage(usage) = &message.request else {
             return Err(RelayError::new(ErrorCode::WrongRequestType, "expected `usage`"));
         };
+        self.use_once(message, now)?;
         let rows = self.store.usage(
             &message.from,
             usage.after_ts,
@@ -676,6 +689,13 @@ mod tests {
 
     const NOW: u64 = 1_800_000_000_000;
 
+    /// A distinct timestamp per request (within the skew window), so test requests are never
+    /// replays of each other.
+    fn ts() -> u64 {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        NOW + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 60_000
+    }
+
     fn key(n: u8) -> SecretKey {
         SecretKey::from_bytes(&[n; 32]).expect("valid")
     }
@@ -713,7 +733,7 @@ mod tests {
         let message = Message {
             from: key(who).public_key(),
             to: engine.public_key(),
-            timestamp: NOW,
+            timestamp: ts(),
             request: Request::Register(Register { invite: invite.map(Into::into) }),
         };
         engine.register(&message, NOW)
@@ -737,7 +757,9 @@ mod tests {
             }),
         };
         assert_eq!(e.admit(&m, NOW), Ok(()));
-        assert_eq!(code(e.admit(&m, NOW + 1)), ErrorCode::Replay);
+        assert_eq!(e.use_once(&m, NOW), Ok(()));
+        assert_eq!(e.admit(&m, NOW + 1), Ok(()), "admission itself does not consume the request");
+        assert_eq!(code(e.use_once(&m, NOW + 1)), ErrorCode::Replay);
         m.timestamp = NOW - 121_000;
         assert_eq!(code(e.admit(&m, NOW)), ErrorCode::StaleRequest);
         m.timestamp = NOW + 121_000;
@@ -756,6 +778,7 @@ mod tests {
         let later = NOW + 2 * 121_000;
         fresh.timestamp = later;
         assert_eq!(e.admit(&fresh, later), Ok(()));
+        assert_eq!(e.use_once(&fresh, later), Ok(()));
     }
 
     #[test]
@@ -856,7 +879,7 @@ mod tests {
         let read_by = |who: u8| Message {
             from: key(who).public_key(),
             to: e.public_key(),
-            timestamp: NOW,
+            timestamp: ts(),
             request: Request::Read(Read {
                 owner: key(1).public_key(),
                 receiver: key(2).public_key(),
@@ -870,7 +893,7 @@ mod tests {
         let delete_by = |who: u8| Message {
             from: key(who).public_key(),
             to: e.public_key(),
-            timestamp: NOW,
+            timestamp: ts(),
             request: Request::Delete(Delete { receiver: key(2).public_key(), record_id: "a".into() }),
         };
         assert_eq!(code(e.record_op(&delete_by(3), &path(1, 2, Some("a")), NOW)), ErrorCode::PathMismatch);
@@ -885,7 +908,7 @@ mod tests {
         let inventory_by = |who: u8| Message {
             from: key(who).public_key(),
             to: e.public_key(),
-            timestamp: NOW,
+            timestamp: ts(),
             request: Request::Inventory(Inventory {
                 owner: key(1).public_key(),
                 receiver: key(2).public_key(),

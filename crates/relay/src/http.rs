@@ -108,7 +108,12 @@ impl IntoResponse for ApiError {
         let status = StatusCode::from_u16(self.0.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         metrics::counter!("pigeonhole_rejections_total", "reason" => self.0.code.as_str()).increment(1);
         let body = json!({"error": self.0.message, "code": self.0.code.as_str()});
-        (status, axum::Json(body)).into_response()
+        let mut response = (status, axum::Json(body)).into_response();
+        if self.0.code == ErrorCode::RateLimited {
+            // A lower bound; the per-address limiter replaces it with its exact wait.
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 
@@ -573,6 +578,7 @@ async fn session_open(State(state): State<Shared>, body: Body) -> ApiResult {
     let verified = state.engine.parse(&text)?;
     let now = now_ms();
     state.engine.admit(&verified.message, now)?;
+    state.engine.use_once(&verified.message, now)?;
     let key = state.sessions.answer(&verified.message, now)?;
     let (token, expires) = state.sessions.issue_token(key, now)?;
     Ok(axum::Json(json!({"token": hex::encode(token), "key": key.to_hex(), "expiresAt": expires}))

@@ -268,6 +268,7 @@ fn authenticate(state: &Shared, text: &str) -> Result<(u64, PublicKey), (u64, Re
     let now = now_ms();
     let verified = state.engine.parse(&body).map_err(|e| (id, e))?;
     state.engine.admit(&verified.message, now).map_err(|e| (id, e))?;
+    state.engine.use_once(&verified.message, now).map_err(|e| (id, e))?;
     let key = state.sessions.answer(&verified.message, now).map_err(|e| (id, e))?;
     Ok((id, key))
 }

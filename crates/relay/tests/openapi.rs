@@ -6,7 +6,9 @@
 //! The examples were made by a running relay: `generate_examples` (ignored; run it with
 //! `cargo test -p pigeonhole-relay --test openapi -- --ignored generate_examples`) starts one
 //! with a fixed key, makes every kind of request with fixed client keys, and writes what was
-//! sent and answered to `$OPENAPI_EXAMPLES_OUT` (default: a file in the temp directory).
+//! sent and answered to `$OPENAPI_EXAMPLES_OUT` (default: a file in the temp directory). The
+//! document's examples come from such a run (only their key order changed); the few refusals a
+//! default relay cannot be made to give here (`internal`, `busy`, ...) quote the relay's messages.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code: a panic is a failed test")]
 
@@ -18,6 +20,7 @@ use pigeonhole_proto::keys::{PublicKey, SecretKey};
 use pigeonhole_proto::receipt::{RelayDocument, RelayInfo, UsageReport, WriteReceipt};
 use pigeonhole_proto::request::{Message, SignedMessage};
 use pigeonhole_relay::config::RelayConfig;
+use pigeonhole_relay::error::ErrorCode;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
@@ -88,10 +91,15 @@ fn the_document_is_openapi_3_1_json() {
     assert_eq!(doc["openapi"], "3.1.0");
     assert!(doc["info"]["title"].is_string() && doc["info"]["version"].is_string());
     assert!(doc["paths"].as_object().is_some_and(|p| !p.is_empty()));
-    // Pretty-printed with two spaces and a final newline, like the rest of spec/.
-    let pretty = serde_json::to_string_pretty(&doc).unwrap();
-    assert_eq!(pretty.lines().count(), DOCUMENT.trim_end().lines().count(), "not pretty-printed");
-    assert!(DOCUMENT.ends_with("}\n"));
+    // Indented by two spaces per level (short containers stay on one line), final newline.
+    assert!(DOCUMENT.ends_with("}\n") && DOCUMENT.lines().count() > 100, "not pretty-printed");
+    let mut previous = 0;
+    for (n, line) in DOCUMENT.lines().enumerate() {
+        let indent = line.len() - line.trim_start_matches(' ').len();
+        assert!(indent % 2 == 0 && indent <= previous + 2, "line {}: bad indentation", n + 1);
+        assert!(!line.ends_with(char::is_whitespace) && !line.contains('\t'), "line {}: whitespace", n + 1);
+        previous = indent;
+    }
     // Every local reference resolves.
     let mut refs = Vec::new();
     walk(&doc, &mut |value| {
@@ -299,7 +307,8 @@ fn every_status_an_endpoint_can_answer_is_documented() {
                 .unwrap_or_else(|| panic!("{method} {path}: status {status} is not documented"));
             let response = resolve(&doc, response);
             assert!(response["description"].is_string(), "{method} {path} {status}");
-            if *status >= 400 && path != "/v1/ws" {
+            // (A malformed WebSocket upgrade is refused by axum, in plain text.)
+            if *status >= 400 && !(path == "/v1/ws" && *status == 400) {
                 // Errors are the shared `Error` body, with codes of the §11.3 table for that status.
                 let schema = &response["content"]["application/json"]["schema"];
                 assert_eq!(schema["$ref"], "#/components/schemas/Error", "{method} {path} {status}");
@@ -330,7 +339,7 @@ fn error_codes(doc: &Value) -> BTreeMap<String, u16> {
         let cells: Vec<&str> = line.split('|').map(str::trim).collect();
         codes.insert(cells[1].trim_matches('`').to_owned(), cells[2].parse::<u16>().unwrap());
     }
-    assert_eq!(codes.len(), 19, "§11.3 lists 19 codes");
+    assert!(!codes.is_empty(), "no table in §11.3");
     let documented: BTreeSet<String> = doc["components"]["schemas"]["Error"]["properties"]["code"]["enum"]
         .as_array()
         .unwrap()
@@ -338,11 +347,45 @@ fn error_codes(doc: &Value) -> BTreeMap<String, u16> {
         .map(|c| c.as_str().unwrap().to_owned())
         .collect();
     assert_eq!(documented, codes.keys().cloned().collect(), "Error.code enum vs §11.3");
-    let source = include_str!("../src/error.rs");
-    for code in codes.keys() {
-        assert!(source.contains(&format!("=> \"{code}\"")), "`{code}` is not an ErrorCode");
-    }
+    let relay: BTreeMap<String, u16> =
+        relay_error_codes().into_iter().map(|c| (c.as_str().to_owned(), c.status())).collect();
+    assert_eq!(relay, codes, "the relay's ErrorCode vs §11.3");
     codes
+}
+
+/// Every code the relay can answer with.
+fn relay_error_codes() -> Vec<ErrorCode> {
+    use ErrorCode::*;
+    let all = vec![
+        BadRequest,
+        PathMismatch,
+        WrongRequestType,
+        BadSignature,
+        StaleRequest,
+        WrongRelay,
+        Forbidden,
+        NoAccount,
+        AccountSuspended,
+        InviteRequired,
+        QuotaExceeded,
+        NotFound,
+        Replay,
+        Conflict,
+        TooLarge,
+        RateLimited,
+        Internal,
+        Busy,
+        StorageFull,
+    ];
+    // A new variant does not compile here until it is listed above (and documented).
+    for code in &all {
+        match code {
+            BadRequest | PathMismatch | WrongRequestType | BadSignature | StaleRequest | WrongRelay
+            | Forbidden | NoAccount | AccountSuspended | InviteRequired | QuotaExceeded | NotFound
+            | Replay | Conflict | TooLarge | RateLimited | Internal | Busy | StorageFull => {}
+        }
+    }
+    all
 }
 
 /// The example values of a media type (`example`, or each `examples` entry's `value`).
@@ -432,20 +475,23 @@ fn every_example_record_receipt_and_document_verifies() {
     let doc = document();
     let relay = example_relay(&doc);
     let mut counts = BTreeMap::<&str, usize>::new();
+    let (mut writes, mut receipted) = (BTreeSet::new(), BTreeSet::new());
     for example in all_examples(&doc) {
         walk(example, &mut |value| {
             let Some(object) = value.as_object() else { return };
             // Any `{"msg": {...}}`: request bodies, stored records, WebSocket frames (`id` aside).
             if object.get("msg").is_some_and(Value::is_object) {
-                parse_request(&json!({"msg": object["msg"]}));
+                let message = parse_request(&json!({"msg": object["msg"]}));
+                if message.request.type_name() == "write" {
+                    writes.insert(hex::encode(message.record_hash()));
+                }
                 *counts.entry("msg").or_default() += 1;
             }
-            // Receipts, wherever they appear (write answers, the schema's own examples).
-            let receipt = object.get("receipt").filter(|r| r.is_object());
-            let receipt = receipt.or(object.contains_key("leaf").then_some(value));
-            if let Some(receipt) = receipt {
-                let parsed = WriteReceipt::from_json(&receipt.to_string()).unwrap();
-                parsed.verify(&relay).unwrap();
+            // Receipts, wherever they appear: they verify, and each is for a write shown here.
+            if object.contains_key("leaf") && object.contains_key("commit") {
+                let receipt = WriteReceipt::from_json(&value.to_string()).unwrap();
+                receipt.verify(&relay).unwrap();
+                receipted.insert(hex::encode(receipt.leaf.record_hash));
                 *counts.entry("receipt").or_default() += 1;
             }
             // `/v1/info` and `/v1/usage` answers: the document verifies and says what the JSON
@@ -470,6 +516,7 @@ fn every_example_record_receipt_and_document_verifies() {
     for what in ["msg", "receipt", "info", "usage"] {
         assert!(counts.get(what).copied().unwrap_or(0) > 0, "no `{what}` example found: {counts:?}");
     }
+    assert!(receipted.is_subset(&writes), "a receipt example is for a write not shown: {receipted:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -486,7 +533,7 @@ mod generate {
     use pigeonhole_proto::tag::{ChainKey, Prefix};
     use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-    pub(super) fn key(byte: u8) -> SecretKey {
+    fn key(byte: u8) -> SecretKey {
         SecretKey::from_bytes(&[byte; 32]).unwrap()
     }
 
@@ -626,7 +673,30 @@ mod generate {
         );
         let record_path = |id: &str| format!("/v1/{ah}/outbox/{bh}/{id}");
         let outbox_path = format!("/v1/{ah}/outbox/{bh}");
+        // Alice also writes to Carol at the same moment, so that msg-0001 is likely to share a
+        // commit group with other writes (a receipt with a non-empty inclusion proof).
+        let notes: Vec<_> = (0..16)
+            .map(|i| {
+                let id = format!("note-{i}");
+                let body = signed(
+                    &alice,
+                    carol.public_key(),
+                    Request::Write(Write {
+                        record_id: id.clone(),
+                        ttl: 3600,
+                        tag: None,
+                        content: content(&id, "hi"),
+                    }),
+                );
+                let url = format!("{}/v1/{ah}/outbox/{}/{id}", relay.url, carol.public_key().to_hex());
+                tokio::spawn(reqwest::Client::new().put(url).body(s(&body)).send())
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         rec.call("write_new", "PUT", &record_path("msg-0001"), Some(s(&write1)), None).await;
+        for note in notes {
+            assert_eq!(note.await.unwrap().unwrap().status(), 201);
+        }
         rec.call("write_duplicate", "PUT", &record_path("msg-0001"), Some(s(&write1)), None).await;
         let write2 = unsigned(
             &alice,
