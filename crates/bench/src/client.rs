@@ -131,10 +131,7 @@ pub(crate) fn count(errors: &mut Errors, kind: impl Into<String>) {
 
 /// An HTTP client for control requests (registration, inventory, health).
 pub(crate) fn http_client() -> Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .context("building the HTTP client")
+    reqwest::Client::builder().timeout(Duration::from_secs(60)).build().context("building the HTTP client")
 }
 
 #[derive(Deserialize)]
@@ -148,7 +145,7 @@ pub(crate) async fn relay_key(http: &reqwest::Client, url: &str) -> Result<Publi
     loop {
         let attempt = async {
             let response = http.get(format!("{url}/health")).send().await?.error_for_status()?;
-            Ok::<_, reqwest::Error>(response.json::<Health>().await?)
+            response.json::<Health>().await
         };
         match attempt.await {
             Ok(health) => {
@@ -163,14 +160,15 @@ pub(crate) async fn relay_key(http: &reqwest::Client, url: &str) -> Result<Publi
     }
 }
 
-/// Sends a signed POST, retrying after `429` as `Retry-After` says (up to a minute in all).
+/// Sends a signed POST, retrying after `429` as `Retry-After` says for up to `patience`.
 /// `body` is called for each attempt (a retried signed request needs a new timestamp).
 pub(crate) async fn post_signed(
     http: &reqwest::Client,
     url: &str,
+    patience: Duration,
     mut body: impl FnMut() -> Result<String>,
 ) -> Result<(u16, String)> {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + patience;
     loop {
         let response = http.post(url).body(body()?).send().await.with_context(|| format!("POST {url}"))?;
         let status = response.status().as_u16();
@@ -197,9 +195,11 @@ pub(crate) async fn register(
     key: &SecretKey,
 ) -> Result<()> {
     let endpoint = format!("{url}/v1/accounts");
-    let (status, body) =
-        post_signed(http, &endpoint, || signed_json(key, relay, Request::Register(Register { invite: None })))
-            .await?;
+    // No retry on 429: registrations are limited per hour, not per second.
+    let (status, body) = post_signed(http, &endpoint, Duration::ZERO, || {
+        signed_json(key, relay, Request::Register(Register { invite: None }))
+    })
+    .await?;
     match status {
         200 | 201 => Ok(()),
         429 => bail!(
@@ -221,7 +221,9 @@ pub(crate) async fn next_text(socket: &mut Socket) -> Option<Result<String, Clos
         match socket.next().await? {
             Ok(WsMessage::Text(text)) => return Some(Ok(text.as_str().to_owned())),
             Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_)) => continue,
-            Ok(WsMessage::Binary(_)) => return Some(Err(Closed { code: None, reason: "binary frame".into() })),
+            Ok(WsMessage::Binary(_)) => {
+                return Some(Err(Closed { code: None, reason: "binary frame".into() }));
+            }
             Ok(WsMessage::Close(frame)) => {
                 return Some(Err(match frame {
                     Some(f) => Closed { code: Some(u16::from(f.code)), reason: f.reason.as_str().to_owned() },
@@ -263,15 +265,17 @@ struct Challenge {
 /// `session` request (frame id 0) and waits for the relay's `200`.
 pub(crate) async fn open_session(url: &str, relay: PublicKey, key: &SecretKey) -> Result<Socket> {
     let ws_url = format!("{}/v1/ws", url.replacen("http://", "ws://", 1).replacen("https://", "wss://", 1));
-    let (mut socket, _) =
-        tokio_tungstenite::connect_async(ws_url.as_str()).await.with_context(|| format!("connecting to {ws_url}"))?;
+    let (mut socket, _) = tokio_tungstenite::connect_async(ws_url.as_str())
+        .await
+        .with_context(|| format!("connecting to {ws_url}"))?;
     let wait = Duration::from_secs(30);
     let hello = tokio::time::timeout(wait, next_text(&mut socket))
         .await
         .context("no challenge from the relay")?
         .context("the relay closed before its challenge")?
         .map_err(|c| anyhow::anyhow!("the relay closed before its challenge: {c:?}"))?;
-    let hello: Challenge = serde_json::from_str(&hello).with_context(|| format!("challenge frame {hello}"))?;
+    let hello: Challenge =
+        serde_json::from_str(&hello).with_context(|| format!("challenge frame {hello}"))?;
     let mut challenge = [0u8; 32];
     hex::decode_to_slice(&hello.challenge, &mut challenge).context("challenge hex")?;
     let answer = signed_json(key, relay, Request::Session(Session { challenge }))?;
@@ -281,7 +285,8 @@ pub(crate) async fn open_session(url: &str, relay: PublicKey, key: &SecretKey) -
         .context("no answer to the session")?
         .context("the relay closed the session")?
         .map_err(|c| anyhow::anyhow!("the relay refused the session: {c:?}"))?;
-    let answer: Answer<'_> = serde_json::from_str(&reply).with_context(|| format!("session answer {reply}"))?;
+    let answer: Answer<'_> =
+        serde_json::from_str(&reply).with_context(|| format!("session answer {reply}"))?;
     if answer.status != Some(200) {
         bail!("the relay refused the session: {reply}");
     }
@@ -305,12 +310,12 @@ impl WriteTemplate {
     }
 
     /// The owner's key, hex.
-    pub(crate) fn from_hex(&self) -> &str {
+    pub(crate) fn owner_hex(&self) -> &str {
         &self.from_hex
     }
 
     /// The receiver's key, hex.
-    pub(crate) fn to_hex(&self) -> &str {
+    pub(crate) fn receiver_hex(&self) -> &str {
         &self.to_hex
     }
 
@@ -332,7 +337,14 @@ impl WriteTemplate {
     }
 
     /// An unsigned write in a session frame: `{"id":N,"msg":{...}}`.
-    pub(crate) fn session_frame(&self, out: &mut String, id: u64, timestamp: u64, record_id: &str, b64: &str) {
+    pub(crate) fn session_frame(
+        &self,
+        out: &mut String,
+        id: u64,
+        timestamp: u64,
+        record_id: &str,
+        b64: &str,
+    ) {
         use std::fmt::Write as _;
         out.clear();
         let _ = write!(out, "{{\"id\":{id},\"msg\":{{");
@@ -341,7 +353,14 @@ impl WriteTemplate {
     }
 
     /// A signed write as an HTTP body: `{"msg":{...,"sig":"..."}}`.
-    pub(crate) fn signed_body(&self, out: &mut String, timestamp: u64, record_id: &str, b64: &str, sig: &[u8; 64]) {
+    pub(crate) fn signed_body(
+        &self,
+        out: &mut String,
+        timestamp: u64,
+        record_id: &str,
+        b64: &str,
+        sig: &[u8; 64],
+    ) {
         out.clear();
         out.push_str("{\"msg\":{");
         self.fields(out, timestamp, record_id, b64);
@@ -552,7 +571,7 @@ mod tests {
             }),
         };
         assert_eq!(parsed, expected);
-        assert_eq!(msg, expected.to_json(), "byte for byte what the library writes");
+        assert_eq!(frame, as_frame(42, &expected.to_json()), "byte for byte what the library writes");
     }
 
     #[test]

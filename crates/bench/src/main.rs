@@ -87,7 +87,8 @@ enum Command {
     /// (derived from --seed too, so `check` can sign as it).
     ///
     /// Records are sealed letters built ahead of time: --pool distinct envelopes per client,
-    /// reused under fresh record ids, so the generator spends no cryptography per write.
+    /// reused under fresh record ids, so the generator spends no cryptography per write (the
+    /// relay cannot see that the letter inside names another record id; a receiver would).
     /// Closed loop by default (each client waits for its ack); --pipeline K keeps K in flight.
     ///
     /// With --fresh-sessions every write is a separately signed HTTP PUT (one signature check
@@ -98,8 +99,10 @@ enum Command {
     /// report counts those writes (`signed_inline`): non-zero means the generator may bind.
     ///
     /// Reported: writes_per_sec (acks in the window after --warmup, divided by --seconds), ack
-    /// latency percentiles, errors by status and code, writes_per_sec / verify_per_sec (from a
-    /// 1 s calibration in the same run), the relay's CPU (by thread name), RSS and disk.
+    /// latency percentiles, errors by status and code, writes_per_sec / verify_per_sec (the
+    /// mean of 1 s calibrations just before and just after the run), writes per second of relay
+    /// CPU, the CPU of the relay (by thread name), of this generator and of everything else on
+    /// the machine during the window, the relay's RSS and bytes on disk before and after.
     Ingest(ingest::IngestArgs),
     /// Pull throughput: one writer fills an outbox with R records (pipelined over a WebSocket
     /// session), then the receiver pulls them all with a WebSocket `listen` (pushes of up to

@@ -143,7 +143,9 @@ impl CpuWindow {
             _ => 0.0,
         };
         let cores = |a: Option<u64>, b: Option<u64>| match (a, b) {
-            (Some(a), Some(b)) if seconds > 0.0 => Some(round3(b.saturating_sub(a) as f64 / TICKS_PER_SEC / seconds)),
+            (Some(a), Some(b)) if seconds > 0.0 => {
+                Some(round3(b.saturating_sub(a) as f64 / TICKS_PER_SEC / seconds))
+            }
             _ => None,
         };
         let relay_cores = cores(start.relay, end.relay);

@@ -135,7 +135,8 @@ fn flatten(prefix: &str, node: &Node, out: &mut Vec<(String, String)>) {
 
 /// Thousands separators for large integers; floats as they are.
 fn human_number(n: &serde_json::Number) -> String {
-    match n.as_u64() {
+    let whole = n.as_u64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| f as u64));
+    match whole {
         Some(v) if v >= 10_000 => {
             let digits = v.to_string();
             let mut out = String::new();
@@ -154,6 +155,14 @@ fn human_number(n: &serde_json::Number) -> String {
 /// `a / b` rounded to 4 decimals, or `None` when `b` is zero.
 pub(crate) fn ratio(a: f64, b: f64) -> Option<f64> {
     (b > 0.0).then(|| (a / b * 10_000.0).round() / 10_000.0)
+}
+
+/// `(after - before) / count`, rounded to a whole number, when both samples exist.
+pub(crate) fn growth_per(before: Option<u64>, after: Option<u64>, count: u64) -> Option<f64> {
+    match (before, after) {
+        (Some(b), Some(a)) if count > 0 => Some(((a as f64 - b as f64) / count as f64).round()),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -175,7 +184,8 @@ mod tests {
     #[test]
     fn human_lines_flatten_nested_objects() {
         let mut out = Vec::new();
-        let tree: Node = serde_json::from_str(r#"{"z": 1, "a": {"b": 12345, "c": null}, "d": "x"}"#).expect("JSON");
+        let tree: Node =
+            serde_json::from_str(r#"{"z": 1, "a": {"b": 12345, "c": null}, "d": "x"}"#).expect("JSON");
         flatten("", &tree, &mut out);
         let expected = [("z", "1"), ("a.b", "12_345"), ("d", "x")];
         assert_eq!(out, expected.map(|(k, v)| (k.to_owned(), v.to_owned())), "in the report's order");

@@ -97,7 +97,10 @@ impl Spawned {
         loop {
             if let Some(status) = self.child.try_wait().context("waiting for the relay")? {
                 if !status.success() {
-                    eprintln!("warning: the spawned relay exited with {status}; its log: {}", self.log_tail());
+                    eprintln!(
+                        "warning: the spawned relay exited with {status}; its log: {}",
+                        self.log_tail()
+                    );
                 }
                 return Ok(());
             }
@@ -127,7 +130,7 @@ impl Drop for Spawned {
     }
 }
 
-/// `pigeonhole` next to this executable (cargo puts both in target/<profile>/).
+/// `pigeonhole` next to this executable (cargo puts both in `target/<profile>/`).
 fn default_binary() -> Result<PathBuf> {
     let exe = std::env::current_exe().context("locating this executable")?;
     let dir = exe.parent().context("this executable has no directory")?;
@@ -172,7 +175,8 @@ fn known_settings(binary: &Path) -> Result<BTreeSet<String>> {
 /// Starts `pigeonhole serve` on 127.0.0.1 with a free port and waits for its address.
 fn spawn(binary: &Path, data: Option<&Path>) -> Result<Relay> {
     let known = known_settings(binary)?;
-    let dir = tempfile::Builder::new().prefix("pigeonhole-bench-").tempdir().context("creating a temp dir")?;
+    let dir =
+        tempfile::Builder::new().prefix("pigeonhole-bench-").tempdir().context("creating a temp dir")?;
     let data = data.map_or_else(|| dir.path().join("data"), Path::to_path_buf);
     let log = dir.path().join("relay.log");
     let log_file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
@@ -204,7 +208,9 @@ fn spawn(binary: &Path, data: Option<&Path>) -> Result<Relay> {
         _ => {
             let tail = spawned.log_tail();
             let _ = spawned.child.kill();
-            bail!("the relay did not print `listening on http://ADDR` within {START_TIMEOUT:?}; its log:\n{tail}");
+            bail!(
+                "the relay did not print `listening on http://ADDR` within {START_TIMEOUT:?}; its log:\n{tail}"
+            );
         }
     };
     let url = first

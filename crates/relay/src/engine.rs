@@ -25,6 +25,8 @@ use crate::error::{ErrorCode, RelayError};
 /// Most entries the replay cache holds; past this, requests are refused as busy rather than
 /// accepted unchecked.
 pub const REPLAY_CACHE_CAPACITY: usize = 1 << 20;
+/// Most deleted-write hashes remembered.
+pub const GONE_CAPACITY: usize = 1 << 18;
 
 const DAY_MS: u64 = 86_400_000;
 
@@ -127,6 +129,23 @@ impl ReplayCache {
         }
     }
 
+    /// Records `hash` until `expires`, forgetting the oldest entry when full.
+    fn insert_evicting(&mut self, hash: [u8; 32], expires: u64, now: u64) {
+        self.purge(now);
+        while self.seen.len() >= GONE_CAPACITY {
+            match self.order.pop_front() {
+                Some((old, at)) => {
+                    if self.seen.get(&old) == Some(&at) {
+                        self.seen.remove(&old);
+                    }
+                }
+                None => break,
+            }
+        }
+        self.seen.insert(hash, expires);
+        self.order.push_back((hash, expires));
+    }
+
     /// Records `hash` (valid until `expires`); false if it was already there.
     fn insert(&mut self, hash: [u8; 32], expires: u64, now: u64) -> Result<bool, RelayError> {
         self.purge(now);
@@ -151,6 +170,10 @@ pub struct Engine {
     key: SecretKey,
     config: RelayConfig,
     replay: Mutex<ReplayCache>,
+    /// Hashes of writes deleted or used up recently, so the same signed bytes cannot store
+    /// them again while their timestamp is fresh. Bounded; when full the oldest is forgotten
+    /// (this protection is best effort and must never block other requests).
+    gone: Mutex<ReplayCache>,
     /// Records accepted per account in the current UTC day (in memory; a restart resets it,
     /// which only ever errs in the user's favour).
     daily: Mutex<HashMap<PublicKey, (u64, u32)>>,
@@ -159,7 +182,14 @@ pub struct Engine {
 impl Engine {
     /// An engine over `store`, signing with `key`.
     pub fn new(store: Arc<dyn Store>, key: SecretKey, config: RelayConfig) -> Self {
-        Self { store, key, config, replay: Mutex::new(ReplayCache::new()), daily: Mutex::new(HashMap::new()) }
+        Self {
+            store,
+            key,
+            config,
+            replay: Mutex::new(ReplayCache::new()),
+            gone: Mutex::new(ReplayCache::new()),
+            daily: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The relay's public key.
@@ -230,7 +260,14 @@ impl Engine {
     /// Marks a non-write request as used, refusing it if it was used before in the skew
     /// window. Called after the path and authorization checks and before anything is read or
     /// changed, so a request refused for another reason can be corrected and sent again.
-    pub fn use_once(&self, message: &Message, now: u64) -> Result<(), RelayError> {
+    pub fn use_once(&self, verified: &Verified, now: u64) -> Result<(), RelayError> {
+        // Requests inside a session are bound to it (the session, not the bytes, authenticates
+        // them), so they cannot be replayed elsewhere and need no entry here: a busy session
+        // must not fill the cache that protects signed requests.
+        if verified.sig.is_none() {
+            return Ok(());
+        }
+        let message = &verified.message;
         let skew = u64::from(self.config.limits.max_skew_secs) * 1000;
         let expires = message.timestamp.saturating_add(skew).saturating_add(1);
         if !self.replay.lock().insert(message.signing_hash(), expires, now)? {
@@ -322,7 +359,7 @@ impl Engine {
         }
         // The same signed write, stored before and since deleted or used up, may not come
         // back while its timestamp is still fresh.
-        if self.replay.lock().contains(&record.record_hash, now) {
+        if self.gone.lock().contains(&record.record_hash, now) {
             return Err(RelayError::new(
                 ErrorCode::Replay,
                 "this write was already stored and has since been deleted or used up; sign a new one",
@@ -378,9 +415,7 @@ impl Engine {
         Ok(())
     }
 
-    /// Called by the commit thread for each write it made durable: charges the daily quota and
-    /// remembers the write's hash for the skew window, so the same signed write cannot be
-    /// stored again after a delete or pull-limit exhaustion.
+    /// Called by the commit thread for each write it made durable: charges the daily quota.
     pub fn committed(&self, record: &NewRecord) {
         let day = record.stored_at / DAY_MS;
         {
@@ -391,26 +426,30 @@ impl Engine {
             }
             entry.1 = entry.1.saturating_add(1);
         }
+    }
+
+    /// Remembers that a stored write is gone (deleted, or its last allowed read served) until
+    /// any request signed with its timestamp would be stale.
+    fn forget_write(&self, record_hash: [u8; 32], now: u64) {
         let skew = u64::from(self.config.limits.max_skew_secs) * 1000;
-        let expires = record.stored_at.saturating_add(2 * skew).saturating_add(1);
-        // A full cache only loses this protection for this write; the write itself is stored.
-        let _ = self.replay.lock().insert(record.record_hash, expires, record.stored_at);
+        self.gone.lock().insert_evicting(record_hash, now.saturating_add(2 * skew).saturating_add(1), now);
     }
 
     /// Serves a `read` (only the receiver may read) or performs a `delete` (only the owner).
     pub fn record_op(
         &self,
-        message: &Message,
+        verified: &Verified,
         path: &RequestPath,
         now: u64,
     ) -> Result<Option<ReadResult>, RelayError> {
+        let message = &verified.message;
         match &message.request {
             Request::Read(read) => {
                 Self::check_record_path(path, &read.owner, &read.receiver, &read.record_id)?;
                 if message.from != read.receiver {
                     return Err(RelayError::new(ErrorCode::Forbidden, "only the receiver may read a record"));
                 }
-                self.use_once(message, now)?;
+                self.use_once(verified, now)?;
                 let outcome = match self.store.read(&read.owner, &read.receiver, &read.record_id, now) {
                     Err(StoreError::Full) => {
                         // The disk is full: serve the record uncounted rather than refuse it.
@@ -424,12 +463,22 @@ impl Engine {
                 };
                 match outcome {
                     ReadOutcome::NotFound => Err(RelayError::new(ErrorCode::NotFound, "no such record")),
-                    ReadOutcome::Served { record, exhausted } => Ok(Some(ReadResult { record, exhausted })),
+                    ReadOutcome::Served { record, exhausted } => {
+                        if exhausted {
+                            self.forget_write(record.meta.record_hash, now);
+                        }
+                        Ok(Some(ReadResult { record, exhausted }))
+                    }
                 }
             }
             Request::Delete(delete) => {
                 Self::check_record_path(path, &message.from, &delete.receiver, &delete.record_id)?;
-                self.use_once(message, now)?;
+                self.use_once(verified, now)?;
+                if let Some(existing) =
+                    self.store.get(&message.from, &delete.receiver, &delete.record_id, now)?
+                {
+                    self.forget_write(existing.meta.record_hash, now);
+                }
                 if self.store.delete(&message.from, &delete.receiver, &delete.record_id)? {
                     Ok(None)
                 } else {
@@ -464,17 +513,18 @@ impl Engine {
     /// Lists record metadata for an `inventory`.
     pub fn inventory(
         &self,
-        message: &Message,
+        verified: &Verified,
         path: &RequestPath,
         now: u64,
     ) -> Result<Vec<RecordMeta>, RelayError> {
+        let message = &verified.message;
         let Request::Inventory(Inventory { owner, receiver, after_ts, before_ts, after_seq, limit }) =
             &message.request
         else {
             return Err(RelayError::new(ErrorCode::WrongRequestType, "expected `inventory`"));
         };
         Self::check_outbox_reader(message, owner, receiver, path)?;
-        self.use_once(message, now)?;
+        self.use_once(verified, now)?;
         let limit = (*limit).min(self.config.limits.max_inventory) as usize;
         let query = ListQuery {
             owner: *owner,
@@ -491,15 +541,16 @@ impl Engine {
     /// request gives only `afterTs`, the relay starts at the first record stored after it.
     pub fn listen_start(
         &self,
-        message: &Message,
+        verified: &Verified,
         path: &RequestPath,
         now: u64,
     ) -> Result<(PublicKey, PublicKey, u64), RelayError> {
+        let message = &verified.message;
         let Request::Listen(Listen { owner, receiver, after_ts, after_seq }) = &message.request else {
             return Err(RelayError::new(ErrorCode::WrongRequestType, "expected `listen`"));
         };
         Self::check_outbox_reader(message, owner, receiver, path)?;
-        self.use_once(message, now)?;
+        self.use_once(verified, now)?;
         let start = match (after_seq, after_ts) {
             (Some(seq), _) => *seq,
             (None, Some(ts)) => {
@@ -555,7 +606,12 @@ impl Engine {
         let served = outcomes
             .into_iter()
             .filter_map(|outcome| match outcome {
-                ReadOutcome::Served { record, .. } => Some(record),
+                ReadOutcome::Served { record, exhausted } => {
+                    if exhausted {
+                        self.forget_write(record.meta.record_hash, now);
+                    }
+                    Some(record)
+                }
                 ReadOutcome::NotFound => None,
             })
             .collect();
@@ -570,11 +626,12 @@ impl Engine {
 
     /// Registers the signer under the account policy. Registering an existing account is
     /// idempotent.
-    pub fn register(&self, message: &Message, now: u64) -> Result<Account, RelayError> {
+    pub fn register(&self, verified: &Verified, now: u64) -> Result<Account, RelayError> {
+        let message = &verified.message;
         let Request::Register(register) = &message.request else {
             return Err(RelayError::new(ErrorCode::WrongRequestType, "expected `register`"));
         };
-        self.use_once(message, now)?;
+        self.use_once(verified, now)?;
         if let Some(existing) = self.store.account(&message.from)? {
             return Ok(existing);
         }
@@ -609,11 +666,12 @@ impl Engine {
     }
 
     /// Builds the signed usage report for the signer's own outboxes.
-    pub fn usage(&self, message: &Message, now: u64) -> Result<RelayDocument, RelayError> {
+    pub fn usage(&self, verified: &Verified, now: u64) -> Result<RelayDocument, RelayError> {
+        let message = &verified.message;
         let Request::Usage(usage) = &message.request else {
             return Err(RelayError::new(ErrorCode::WrongRequestType, "expected `usage`"));
         };
-        self.use_once(message, now)?;
+        self.use_once(verified, now)?;
         let rows = self.store.usage(
             &message.from,
             usage.after_ts,
@@ -712,6 +770,11 @@ mod tests {
         Verified { message, sig: None }
     }
 
+    /// A request as if it arrived signed (the engine trusts the parser for the signature).
+    fn signed_verified(message: Message) -> Verified {
+        Verified { message, sig: Some(pigeonhole_proto::keys::Signature::from_bytes([0; 64])) }
+    }
+
     fn write_msg(from: u8, to: u8, id: &str, size: usize, ttl: u32) -> Message {
         Message {
             from: key(from).public_key(),
@@ -736,7 +799,7 @@ mod tests {
             timestamp: ts(),
             request: Request::Register(Register { invite: invite.map(Into::into) }),
         };
-        engine.register(&message, NOW)
+        engine.register(&signed_verified(message), NOW)
     }
 
     fn code<T: std::fmt::Debug>(result: Result<T, RelayError>) -> ErrorCode {
@@ -757,9 +820,11 @@ mod tests {
             }),
         };
         assert_eq!(e.admit(&m, NOW), Ok(()));
-        assert_eq!(e.use_once(&m, NOW), Ok(()));
+        assert_eq!(e.use_once(&signed_verified(m.clone()), NOW), Ok(()));
         assert_eq!(e.admit(&m, NOW + 1), Ok(()), "admission itself does not consume the request");
-        assert_eq!(code(e.use_once(&m, NOW + 1)), ErrorCode::Replay);
+        assert_eq!(code(e.use_once(&signed_verified(m.clone()), NOW + 1)), ErrorCode::Replay);
+        // The same request inside a session is not a replay: sessions bind their requests.
+        assert_eq!(e.use_once(&verified(m.clone()), NOW + 1), Ok(()));
         m.timestamp = NOW - 121_000;
         assert_eq!(code(e.admit(&m, NOW)), ErrorCode::StaleRequest);
         m.timestamp = NOW + 121_000;
@@ -778,7 +843,7 @@ mod tests {
         let later = NOW + 2 * 121_000;
         fresh.timestamp = later;
         assert_eq!(e.admit(&fresh, later), Ok(()));
-        assert_eq!(e.use_once(&fresh, later), Ok(()));
+        assert_eq!(e.use_once(&signed_verified(fresh), later), Ok(()));
     }
 
     #[test]
@@ -823,10 +888,21 @@ mod tests {
         let record = e.prepare_write(&w, &path(1, 2, Some("gone")), NOW).expect("ok");
         e.store().put_batch(std::slice::from_ref(&record)).expect("stored");
         e.committed(&record);
-        assert!(e.store().delete(&key(1).public_key(), &key(2).public_key(), "gone").expect("deleted"));
+        let delete = Message {
+            from: key(1).public_key(),
+            to: e.public_key(),
+            timestamp: ts(),
+            request: Request::Delete(Delete { receiver: key(2).public_key(), record_id: "gone".into() }),
+        };
+        assert!(
+            e.record_op(&signed_verified(delete), &path(1, 2, Some("gone")), NOW).expect("deleted").is_none()
+        );
         assert_eq!(code(e.prepare_write(&w, &path(1, 2, Some("gone")), NOW + 1000)), ErrorCode::Replay);
         // Once the timestamp is stale the request is refused at admission anyway, and the cache forgets it.
         assert!(e.prepare_write(&w, &path(1, 2, Some("gone")), NOW + 10 * 121_000).is_ok());
+        // Writes that are merely stored are not remembered: a busy relay's memory for this is
+        // proportional to deletions, not writes.
+        assert_eq!(e.gone.lock().seen.len(), 0, "expired entries are purged on use");
     }
 
     #[test]
@@ -886,9 +962,19 @@ mod tests {
                 record_id: "a".into(),
             }),
         };
-        assert_eq!(code(e.record_op(&read_by(1), &path(1, 2, Some("a")), NOW)), ErrorCode::Forbidden);
-        assert_eq!(code(e.record_op(&read_by(3), &path(1, 2, Some("a")), NOW)), ErrorCode::Forbidden);
-        assert!(e.record_op(&read_by(2), &path(1, 2, Some("a")), NOW).expect("receiver reads").is_some());
+        assert_eq!(
+            code(e.record_op(&signed_verified(read_by(1)), &path(1, 2, Some("a")), NOW)),
+            ErrorCode::Forbidden
+        );
+        assert_eq!(
+            code(e.record_op(&signed_verified(read_by(3)), &path(1, 2, Some("a")), NOW)),
+            ErrorCode::Forbidden
+        );
+        assert!(
+            e.record_op(&signed_verified(read_by(2)), &path(1, 2, Some("a")), NOW)
+                .expect("receiver reads")
+                .is_some()
+        );
         // Carol's delete names her own outbox, so it cannot touch Alice's record.
         let delete_by = |who: u8| Message {
             from: key(who).public_key(),
@@ -896,10 +982,23 @@ mod tests {
             timestamp: ts(),
             request: Request::Delete(Delete { receiver: key(2).public_key(), record_id: "a".into() }),
         };
-        assert_eq!(code(e.record_op(&delete_by(3), &path(1, 2, Some("a")), NOW)), ErrorCode::PathMismatch);
-        assert_eq!(code(e.record_op(&delete_by(3), &path(3, 2, Some("a")), NOW)), ErrorCode::NotFound);
-        assert!(e.record_op(&delete_by(1), &path(1, 2, Some("a")), NOW).expect("owner deletes").is_none());
-        assert_eq!(code(e.record_op(&read_by(2), &path(1, 2, Some("a")), NOW)), ErrorCode::NotFound);
+        assert_eq!(
+            code(e.record_op(&signed_verified(delete_by(3)), &path(1, 2, Some("a")), NOW)),
+            ErrorCode::PathMismatch
+        );
+        assert_eq!(
+            code(e.record_op(&signed_verified(delete_by(3)), &path(3, 2, Some("a")), NOW)),
+            ErrorCode::NotFound
+        );
+        assert!(
+            e.record_op(&signed_verified(delete_by(1)), &path(1, 2, Some("a")), NOW)
+                .expect("owner deletes")
+                .is_none()
+        );
+        assert_eq!(
+            code(e.record_op(&signed_verified(read_by(2)), &path(1, 2, Some("a")), NOW)),
+            ErrorCode::NotFound
+        );
     }
 
     #[test]
@@ -918,10 +1017,16 @@ mod tests {
                 limit: 10,
             }),
         };
-        assert!(e.inventory(&inventory_by(1), &path(1, 2, None), NOW).is_ok());
-        assert!(e.inventory(&inventory_by(2), &path(1, 2, None), NOW).is_ok());
-        assert_eq!(code(e.inventory(&inventory_by(3), &path(1, 2, None), NOW)), ErrorCode::Forbidden);
-        assert_eq!(code(e.inventory(&inventory_by(2), &path(1, 3, None), NOW)), ErrorCode::PathMismatch);
+        assert!(e.inventory(&signed_verified(inventory_by(1)), &path(1, 2, None), NOW).is_ok());
+        assert!(e.inventory(&signed_verified(inventory_by(2)), &path(1, 2, None), NOW).is_ok());
+        assert_eq!(
+            code(e.inventory(&signed_verified(inventory_by(3)), &path(1, 2, None), NOW)),
+            ErrorCode::Forbidden
+        );
+        assert_eq!(
+            code(e.inventory(&signed_verified(inventory_by(2)), &path(1, 3, None), NOW)),
+            ErrorCode::PathMismatch
+        );
     }
 
     #[test]

@@ -392,7 +392,7 @@ pub(crate) async fn op_write(state: &Shared, verified: Verified, path: RequestPa
 pub(crate) async fn op_record(state: &Shared, verified: Verified, path: RequestPath) -> OpResult {
     let engine = state.engine.clone();
     let now = now_ms();
-    let result = blocking(move || engine.record_op(&verified.message, &path, now)).await?;
+    let result = blocking(move || engine.record_op(&verified, &path, now)).await?;
     match result {
         Some(read) => {
             let mut body = record_json(&read.record)?;
@@ -411,7 +411,7 @@ pub(crate) async fn op_inventory(state: &Shared, verified: Verified, path: Reque
         ProtoRequest::Inventory(inventory) => inventory.after_seq.unwrap_or(0),
         _ => 0,
     };
-    let records = blocking(move || engine.inventory(&verified.message, &path, now)).await?;
+    let records = blocking(move || engine.inventory(&verified, &path, now)).await?;
     let last = records.last().map_or(start, |m| m.seq);
     let list: Vec<Value> = records.iter().map(meta_json).collect();
     Ok((StatusCode::OK, json!({"records": list, "lastSeq": last})))
@@ -431,7 +431,7 @@ pub(crate) async fn op_register(state: &Shared, verified: Verified, peer: IpAddr
         ));
     }
     let now = now_ms();
-    let account = blocking(move || engine.register(&verified.message, now)).await?;
+    let account = blocking(move || engine.register(&verified, now)).await?;
     let status = if existing.is_some() { StatusCode::OK } else { StatusCode::CREATED };
     let account_status = match account.status {
         pigeonhole_store::AccountStatus::Active => "active",
@@ -446,7 +446,7 @@ pub(crate) async fn op_register(state: &Shared, verified: Verified, peer: IpAddr
 pub(crate) async fn op_usage(state: &Shared, verified: Verified) -> OpResult {
     let engine = state.engine.clone();
     let now = now_ms();
-    let document = blocking(move || engine.usage(&verified.message, now)).await?;
+    let document = blocking(move || engine.usage(&verified, now)).await?;
     let report = pigeonhole_proto::receipt::UsageReport::from_body(&document.body)
         .map_err(|e| ApiError(RelayError::internal("usage report", &e)))?;
     Ok((StatusCode::OK, json!({"report": report, "document": BASE64.encode(document.to_bytes())})))
@@ -511,8 +511,7 @@ async fn long_poll(state: Shared, verified: Verified, path: RequestPath, wait: u
     let engine = state.engine.clone();
     let now = now_ms();
     let reader = verified.message.from;
-    let (owner, receiver, cursor) =
-        blocking(move || engine.listen_start(&verified.message, &path, now)).await?;
+    let (owner, receiver, cursor) = blocking(move || engine.listen_start(&verified, &path, now)).await?;
     let subscription = state.notifier.subscribe(owner, receiver);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(u64::from(wait));
     loop {
@@ -578,7 +577,7 @@ async fn session_open(State(state): State<Shared>, body: Body) -> ApiResult {
     let verified = state.engine.parse(&text)?;
     let now = now_ms();
     state.engine.admit(&verified.message, now)?;
-    state.engine.use_once(&verified.message, now)?;
+    state.engine.use_once(&verified, now)?;
     let key = state.sessions.answer(&verified.message, now)?;
     let (token, expires) = state.sessions.issue_token(key, now)?;
     Ok(axum::Json(json!({"token": hex::encode(token), "key": key.to_hex(), "expiresAt": expires}))

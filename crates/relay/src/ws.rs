@@ -268,7 +268,7 @@ fn authenticate(state: &Shared, text: &str) -> Result<(u64, PublicKey), (u64, Re
     let now = now_ms();
     let verified = state.engine.parse(&body).map_err(|e| (id, e))?;
     state.engine.admit(&verified.message, now).map_err(|e| (id, e))?;
-    state.engine.use_once(&verified.message, now).map_err(|e| (id, e))?;
+    state.engine.use_once(&verified, now).map_err(|e| (id, e))?;
     let key = state.sessions.answer(&verified.message, now).map_err(|e| (id, e))?;
     Ok((id, key))
 }
@@ -303,8 +303,8 @@ async fn subscription(state: Shared, verified: Verified, id: u64, out: Out) {
     let engine = state.engine.clone();
     let now = now_ms();
     let reader = verified.message.from;
-    let message = verified.message.clone();
-    let start = tokio::task::spawn_blocking(move || engine.listen_start(&message, &path, now)).await;
+    let request = verified.clone();
+    let start = tokio::task::spawn_blocking(move || engine.listen_start(&request, &path, now)).await;
     let (owner, receiver, mut cursor) = match start {
         Ok(Ok(start)) => start,
         Ok(Err(e)) => {

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# The standard measurement set, RUNS times each (default 3), with medians.
+#
+#   calibrate
+#   ingest --spawn --clients 64 --seconds 20 --size 1024
+#   ingest --spawn --clients 64 --seconds 20 --size 1024 --fresh-sessions
+#   sync   --spawn --records 50000 --size 1024
+#
+# Build first: cargo build --release -p pigeonhole -p pigeonhole-bench. Both binaries are
+# copied to the output directory before the first run, so a rebuild of the work tree during a
+# long measurement cannot swap the relay under it. Every raw JSON report is kept in OUT
+# (default: a new temp dir), one file per command, one line per run; the summary needs python3.
+#
+# Environment: RUNS (3), SECONDS_INGEST (20), CLIENTS (64), SIZE (1024), RECORDS (50000),
+# BIN (default target/release), OUT.
+set -euo pipefail
+
+RUNS=${RUNS:-3}
+SECONDS_INGEST=${SECONDS_INGEST:-20}
+CLIENTS=${CLIENTS:-64}
+SIZE=${SIZE:-1024}
+RECORDS=${RECORDS:-50000}
+ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
+BIN=${BIN:-$ROOT/target/release}
+OUT=${OUT:-$(mktemp -d -t pigeonhole-measure.XXXXXX)}
+mkdir -p "$OUT/bin"
+cp "$BIN/pigeonhole" "$BIN/pigeonhole-bench" "$OUT/bin/"
+BENCH=$OUT/bin/pigeonhole-bench
+
+run() {
+    local name=$1
+    shift
+    echo "$ pigeonhole-bench $*" >&2
+    "$BENCH" "$@" --json >>"$OUT/$name.jsonl"
+}
+
+for i in $(seq "$RUNS"); do
+    echo "--- run $i of $RUNS" >&2
+    run calibrate calibrate
+    run ingest ingest --spawn --clients "$CLIENTS" --seconds "$SECONDS_INGEST" --size "$SIZE"
+    run fresh ingest --spawn --clients "$CLIENTS" --seconds "$SECONDS_INGEST" --size "$SIZE" --fresh-sessions
+    run sync sync --spawn --records "$RECORDS" --size "$SIZE"
+done
+
+python3 - "$OUT" <<'EOF'
+import json, statistics, sys
+out = sys.argv[1]
+fields = {
+    "calibrate": ["verify_per_sec"],
+    "ingest": ["writes_per_sec", "verify_before", "verify_after", "writes_per_verify", "writes_per_relay_cpu_sec", "p50_ms", "p99_ms", "p999_ms",
+               "cpu.relay_cores", "cpu.bench_cores", "cpu.other_cores", "relay_after.rss_kb", "relay_after.disk_bytes",
+               "disk_bytes_per_write"],
+    "fresh": ["writes_per_sec", "verify_before", "verify_after", "writes_per_verify", "writes_per_relay_cpu_sec", "p50_ms", "p99_ms", "p999_ms",
+              "cpu.relay_cores", "cpu.bench_cores", "cpu.other_cores", "relay_after.rss_kb", "relay_after.disk_bytes",
+              "disk_bytes_per_write", "setup.signed_inline"],
+    "sync": ["records_per_sec", "mb_per_sec", "verify_before", "verify_after", "records_per_verify", "fill.writes_per_sec", "cpu.relay_cores",
+             "relay_after.rss_kb", "relay_after.disk_bytes", "disk_bytes_per_record"],
+}
+def get(d, path):
+    for part in path.split("."):
+        d = d.get(part) if isinstance(d, dict) else None
+    return d
+for name, keys in fields.items():
+    try:
+        runs = [json.loads(line) for line in open(f"{out}/{name}.jsonl")]
+    except FileNotFoundError:
+        continue
+    print(f"{name} ({len(runs)} runs)")
+    for key in keys:
+        values = [get(r, key) for r in runs]
+        present = [v for v in values if v is not None]
+        median = statistics.median(present) if present else None
+        print(f"  {key:<28} median {median!s:<14} raw {values}")
+    errors = [r.get("errors") for r in runs if r.get("errors")]
+    if errors:
+        print(f"  errors {errors}")
+print(f"raw reports: {out}")
+EOF
