@@ -379,11 +379,12 @@ pub(crate) async fn op_write(state: &Shared, verified: Verified, path: RequestPa
             "this account is writing faster than the relay allows; slow down",
         ));
     }
-    let engine = state.engine.clone();
-    let now = now_ms();
-    let record = blocking(move || engine.prepare_write(&verified, &path, now)).await?;
+    // The checks before a write are a few point lookups that the store's cache serves from
+    // memory; running them inline saves two thread hops per write (measured: the hops cost
+    // more than the lookups). Anything that scans or syncs stays on the blocking pool.
+    let record = state.engine.prepare_write(&verified, &path, now_ms())?;
     let outcome = state.committer.submit(record).await?;
-    let receipt: Value = serde_json::from_str(&outcome.receipt.to_json())
+    let receipt = serde_json::to_value(&outcome.receipt)
         .map_err(|e| ApiError(RelayError::internal("receipt JSON", &e)))?;
     let status = if outcome.duplicate { StatusCode::OK } else { StatusCode::CREATED };
     Ok((status, json!({"seq": outcome.seq, "duplicate": outcome.duplicate, "receipt": receipt})))
