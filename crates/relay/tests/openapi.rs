@@ -19,10 +19,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use pigeonhole_proto::keys::{PublicKey, SecretKey};
 use pigeonhole_proto::receipt::{RelayDocument, RelayInfo, UsageReport, WriteReceipt};
 use pigeonhole_proto::request::{Message, SignedMessage};
-use pigeonhole_relay::config::RelayConfig;
 use pigeonhole_relay::error::ErrorCode;
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
 
 const DOCUMENT: &str = include_str!("../../../spec/openapi.json");
 const ROUTER_SOURCE: &str = include_str!("../src/http.rs");
@@ -34,53 +32,8 @@ fn document() -> Value {
 // ---------------------------------------------------------------------------------------------
 // A relay in process.
 
-struct TestRelay {
-    url: String,
-    key: PublicKey,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-    _dir: tempfile::TempDir,
-}
-
-impl TestRelay {
-    /// Starts a relay; with `key`, the relay signs with that key (written to its data directory).
-    async fn start(key: Option<&SecretKey>) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        if let Some(key) = key {
-            std::fs::write(dir.path().join("relay.key"), hex::encode(*key.to_bytes())).unwrap();
-        }
-        let config = RelayConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            data: dir.path().to_owned(),
-            ..RelayConfig::default()
-        };
-        let (addr_tx, addr_rx) = oneshot::channel();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            pigeonhole_relay::server::serve(
-                config,
-                move |addr| {
-                    let _ = addr_tx.send(addr);
-                },
-                async move {
-                    let _ = stopped.await;
-                },
-            )
-            .await
-            .unwrap();
-        });
-        let addr = addr_rx.await.unwrap();
-        let url = format!("http://{addr}");
-        let health: Value = reqwest::get(format!("{url}/health")).await.unwrap().json().await.unwrap();
-        let key = PublicKey::from_hex(health["relay"].as_str().unwrap()).unwrap();
-        Self { url, key, stop: Some(stop), task: Some(task), _dir: dir }
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.take().unwrap().await.unwrap();
-    }
-}
+mod common;
+use common::TestRelay;
 
 // ---------------------------------------------------------------------------------------------
 // (a) and (e): the document, as a file and as served.
@@ -116,7 +69,7 @@ fn the_document_is_openapi_3_1_json() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_serves_the_file_byte_for_byte() {
-    let relay = TestRelay::start(None).await;
+    let relay = TestRelay::start().await;
     let response = reqwest::get(format!("{}/v1/openapi.json", relay.url)).await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "application/json");
@@ -615,7 +568,7 @@ mod generate {
     #[ignore = "writes the examples of spec/openapi.json to a file; run by hand"]
     async fn generate_examples() {
         let relay_key = key(0x11);
-        let relay = TestRelay::start(Some(&relay_key)).await;
+        let relay = TestRelay::start_with(Some(&relay_key), |_| {}).await;
         let r = relay.key;
         let (alice, bob, carol) = (key(1), key(2), key(3));
         let (a, b) = (alice.public_key(), bob.public_key());

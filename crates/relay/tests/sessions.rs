@@ -9,59 +9,11 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use pigeonhole_proto::keys::{PublicKey, SecretKey};
 use pigeonhole_proto::receipt::WriteReceipt;
 use pigeonhole_proto::request::{Listen, Message, Register, Request, Session, Write};
-use pigeonhole_relay::config::RelayConfig;
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-struct TestRelay {
-    url: String,
-    key: PublicKey,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-    _dir: tempfile::TempDir,
-}
-
-impl TestRelay {
-    async fn start() -> Self {
-        Self::start_with(|_| {}).await
-    }
-
-    async fn start_with(change: impl FnOnce(&mut RelayConfig)) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = RelayConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            data: dir.path().to_owned(),
-            ..RelayConfig::default()
-        };
-        change(&mut config);
-        let (addr_tx, addr_rx) = oneshot::channel();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            pigeonhole_relay::server::serve(
-                config,
-                move |addr| {
-                    let _ = addr_tx.send(addr);
-                },
-                async move {
-                    let _ = stopped.await;
-                },
-            )
-            .await
-            .unwrap();
-        });
-        let addr = addr_rx.await.unwrap();
-        let url = format!("http://{addr}");
-        let health: Value = reqwest::get(format!("{url}/health")).await.unwrap().json().await.unwrap();
-        let key = PublicKey::from_hex(health["relay"].as_str().unwrap()).unwrap();
-        Self { url, key, stop: Some(stop), task: Some(task), _dir: dir }
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.take().unwrap().await.unwrap();
-    }
-}
+mod common;
+use common::TestRelay;
 
 fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
@@ -336,7 +288,7 @@ async fn a_listener_that_falls_behind_is_closed_with_a_cursor_and_loses_nothing(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listen_deliveries_are_reads_counted_and_logged() {
-    let relay = TestRelay::start_with(|c| c.limits.pull_limit = 1).await;
+    let relay = TestRelay::start_with(None, |c| c.limits.pull_limit = 1).await;
     let (alice, bob) = (person(1), person(2));
     register(&relay, &alice).await;
     let mut writer = open_ws(&relay, &alice).await;
