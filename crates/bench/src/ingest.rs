@@ -30,7 +30,7 @@ use crate::spawn::Relay;
 use crate::{CommonArgs, RelayArgs};
 
 /// Most requests in flight on one WebSocket (the relay's own limit per connection).
-const MAX_PIPELINE: usize = 256;
+pub(crate) const MAX_PIPELINE: usize = 256;
 /// How long answers still in flight are awaited after the window closes.
 const DRAIN: Duration = Duration::from_secs(30);
 /// Pre-signed writes are stamped this far after the signing starts, so they stay inside the

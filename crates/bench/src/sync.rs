@@ -262,8 +262,11 @@ pub(crate) async fn run(args: SyncArgs) -> Result<ExitCode> {
     if args.records == 0 || args.pool == 0 {
         bail!("--records and --pool must be at least 1");
     }
-    if args.pipeline == 0 || args.pipeline > 256 {
-        bail!("--pipeline must be between 1 and 256 (the relay's limit per connection)");
+    if args.pipeline == 0 || args.pipeline > crate::ingest::MAX_PIPELINE {
+        bail!(
+            "--pipeline must be between 1 and {} (the relay's limit per connection)",
+            crate::ingest::MAX_PIPELINE
+        );
     }
     let relay = Relay::resolve(&args.relay).await?;
     let result = sync(&args, &relay).await;
