@@ -27,6 +27,13 @@ pub mod tags {
     pub const CHAIN_TAG: &str = "pigeonhole/v1/chain-tag";
     /// Session challenge answer.
     pub const SESSION: &str = "pigeonhole/v1/session";
+    /// Seed of a relay's per-epoch postage key (RFC 9497 DeriveKeyPair input).
+    pub const POSTAGE_SEED: &str = "pigeonhole/v1/postage-seed";
+    /// Identity of a spent postage stamp (the relay's double-spend key).
+    pub const POSTAGE_SPENT: &str = "pigeonhole/v1/postage-spent";
+    /// Domain prefix of a postage stamp's HMAC message (not a tagged hash: the HMAC key is the
+    /// token's PRF output).
+    pub const POSTAGE_STAMP: &str = "pigeonhole/v1/postage-stamp";
 }
 
 /// `SHA-256(SHA-256(tag) || SHA-256(tag) || parts[0] || parts[1] || ...)`.

@@ -1,5 +1,6 @@
 //! Pigeonhole protocol core: keys, canonical bytes, tagged hashes, signatures, sealing,
-//! drop tags, identity cards, requests and relay receipts.
+//! drop tags, drop postage (RFC 9497 VOPRF tokens), identity cards, requests and relay
+//! receipts.
 //!
 //! This crate is pure: it performs no I/O, reads no clock and draws no OS randomness. Time
 //! is always an argument, randomness comes from a caller-supplied RNG, and every
@@ -33,6 +34,7 @@ pub mod keyfile;
 pub mod keys;
 pub mod nip44;
 pub mod payload;
+pub mod postage;
 pub mod receipt;
 pub mod request;
 pub mod seal;

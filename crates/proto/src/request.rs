@@ -5,6 +5,9 @@
 //! `from` is the signer. For `write`, `to` is the record's receiver (the signed write *is* the
 //! stored record). For every other request, `to` is the relay's key, so a request signed for
 //! one relay cannot be replayed to another.
+//!
+//! A `postage` request (type 9) asks the relay to evaluate blinded postage elements for the
+//! signer's account ([`crate::postage`]); its body is the [`IssueRequest`] bytes.
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
@@ -13,6 +16,7 @@ use serde_json::value::RawValue;
 use crate::hash::{tagged_hash, tags};
 use crate::keys::{PublicKey, SecretKey, Signature, SignatureError};
 use crate::payload::{read_public_key, read_record_id, validate_record_id};
+use crate::postage::IssueRequest;
 use crate::seal::MAX_ENVELOPE_LEN;
 use crate::tag::Tag;
 use crate::wire::{DecodeError, Reader, Writer};
@@ -139,6 +143,8 @@ pub enum Request {
     Register(Register),
     /// `session`
     Session(Session),
+    /// `postage`: blind tokens issued against the signer's account.
+    Postage(IssueRequest),
 }
 
 impl Request {
@@ -153,6 +159,7 @@ impl Request {
             Request::Usage(_) => 6,
             Request::Register(_) => 7,
             Request::Session(_) => 8,
+            Request::Postage(_) => 9,
         }
     }
 
@@ -167,6 +174,7 @@ impl Request {
             Request::Usage(_) => "usage",
             Request::Register(_) => "register",
             Request::Session(_) => "session",
+            Request::Postage(_) => "postage",
         }
     }
 
@@ -194,6 +202,7 @@ impl Request {
             Request::Register(Register { invite: Some(code) }) if code.len() > MAX_INVITE_LEN => {
                 Err(DecodeError::TooLong { field: "invite", len: code.len(), max: MAX_INVITE_LEN })
             }
+            Request::Postage(issue) => issue.validate().map_err(|e| e.into_decode_error()),
             _ => Ok(()),
         }
     }
@@ -234,6 +243,7 @@ impl Request {
             Request::Session(x) => {
                 w.raw(&x.challenge);
             }
+            Request::Postage(x) => x.encode_to(w),
         }
     }
 
@@ -276,6 +286,7 @@ impl Request {
                 Request::Register(Register { invite })
             }
             8 => Request::Session(Session { challenge: r.array("challenge")? }),
+            9 => Request::Postage(IssueRequest::decode_from(r).map_err(|e| e.into_decode_error())?),
             value => return Err(DecodeError::UnknownType { field: "request type", value: u64::from(value) }),
         })
     }
@@ -367,7 +378,7 @@ impl Message {
             return Err(DecodeError::UnknownVersion(version));
         }
         let type_byte = r.u8("request type")?;
-        if !(1..=8).contains(&type_byte) {
+        if !(1..=9).contains(&type_byte) {
             return Err(DecodeError::UnknownType { field: "request type", value: u64::from(type_byte) });
         }
         let from = read_public_key(r, "from")?;
@@ -509,6 +520,7 @@ enum JsonRequestOut<'a> {
     Usage(&'a Usage),
     Register(&'a Register),
     Session(&'a Session),
+    Postage(&'a IssueRequest),
 }
 
 fn json_string(message: &Message, sig: Option<&Signature>) -> String {
@@ -521,6 +533,7 @@ fn json_string(message: &Message, sig: Option<&Signature>) -> String {
         Request::Usage(x) => JsonRequestOut::Usage(x),
         Request::Register(x) => JsonRequestOut::Register(x),
         Request::Session(x) => JsonRequestOut::Session(x),
+        Request::Postage(x) => JsonRequestOut::Postage(x),
     };
     let out = JsonOut {
         msg: JsonMsgOut {
@@ -575,6 +588,7 @@ fn parse_json(text: &str) -> Result<(Message, Option<Signature>), RequestError> 
         "usage" => Request::Usage(serde_json::from_str(body).map_err(json)?),
         "register" => Request::Register(serde_json::from_str(body).map_err(json)?),
         "session" => Request::Session(serde_json::from_str(body).map_err(json)?),
+        "postage" => Request::Postage(serde_json::from_str(body).map_err(json)?),
         other => return Err(RequestError::Json(format!("unknown request type `{other}`"))),
     };
     let message = Message { from: msg.from, to: msg.to, timestamp: msg.timestamp, request };
@@ -656,7 +670,40 @@ mod tests {
             Request::Register(Register { invite: Some("code-1".into()) }),
             Request::Register(Register { invite: None }),
             Request::Session(Session { challenge: [9; 32] }),
+            Request::Postage(postage_request()),
         ]
+    }
+
+    fn postage_request() -> IssueRequest {
+        use rand_core::SeedableRng;
+        crate::postage::blind(3, 42, &mut rand_chacha::ChaCha20Rng::from_seed([1; 32])).0
+    }
+
+    #[test]
+    fn postage_requests_refuse_bad_elements_and_counts() {
+        let mut issue = postage_request();
+        issue.blinded[2] = [0xff; 32];
+        let m = message(Request::Postage(issue.clone()));
+        assert!(m.clone().sign_with_aux(&key(1), &[0; 32]).is_err());
+        let good =
+            message(Request::Postage(postage_request())).sign_with_aux(&key(1), &[0; 32]).expect("signs");
+        let bytes = good.message().signing_bytes();
+        // The last element replaced by bytes that are not a point: refused at decoding.
+        let mut bad = bytes.clone();
+        let n = bad.len();
+        bad[n - 32..].fill(0xff);
+        assert!(matches!(Message::decode(&bad), Err(DecodeError::InvalidValue { field: "blinded", .. })));
+        // Count 0 and 65.
+        let header = 1 + 1 + 32 + 32 + 8 + 8;
+        let mut zero = bytes[..header].to_vec();
+        zero.push(0);
+        assert!(matches!(Message::decode(&zero), Err(DecodeError::TooShort { .. })));
+        let mut many = bytes[..header].to_vec();
+        many.push(65);
+        many.extend(std::iter::repeat_n(bytes[header + 1..header + 33].to_vec(), 65).flatten());
+        assert!(matches!(Message::decode(&many), Err(DecodeError::TooLong { .. })));
+        let json = good.message().to_json().replace(&hex::encode(issue.blinded[0]), &"ff".repeat(32));
+        assert!(Message::from_json(&json).is_err());
     }
 
     fn message(request: Request) -> Message {
@@ -732,7 +779,7 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
         #[test]
-        fn any_flipped_bit_fails_verification(index in 0usize..10, bit in 0usize..4096) {
+        fn any_flipped_bit_fails_verification(index in 0usize..11, bit in 0usize..4096) {
             let request = all_requests().remove(index);
             let bytes = message(request).sign_with_aux(&key(1), &[0; 32]).expect("signs").to_bytes();
             let bit = bit % (bytes.len() * 8);

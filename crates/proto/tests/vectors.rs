@@ -273,10 +273,30 @@ fn requests() {
         },
         |c| match s(c, "op") {
             "request_json" => expect_error(c, SignedMessage::from_json(s(c, "text"))),
-            "request_bytes" => expect_error(c, SignedMessage::from_bytes(&b(c, "bytes"))),
+            "request_bytes" => {
+                let result = SignedMessage::from_bytes(&b(c, "bytes"));
+                match superseded_error(c) {
+                    Some(now) => {
+                        let shown = format!("{:?}", result.expect_err("still rejected"));
+                        assert!(shown.contains(now), "{}: expected {now}, got {shown}", c["note"]);
+                    }
+                    None => expect_error(c, result),
+                }
+            }
             op => panic!("unknown op {op}"),
         },
     );
+}
+
+/// Invalid cases whose bytes are still rejected but, after a later protocol addition, for
+/// another reason than the file records. The files are append-only, so the case stays as
+/// written and the new reason is pinned here (and in spec/PROTOCOL.md §13).
+fn superseded_error(case: &Value) -> Option<&'static str> {
+    match case["note"].as_str() {
+        // Type 9 became `postage` (§4): a write body read as a postage body runs out of bytes.
+        Some("request type 9") => Some("Truncated"),
+        _ => None,
+    }
 }
 
 #[test]
