@@ -20,10 +20,13 @@ use pigeonhole_proto::drops::{self, DropError};
 use pigeonhole_proto::keys::{PublicKey, SecretKey};
 use pigeonhole_proto::nip44;
 use pigeonhole_proto::payload::Payload;
+use pigeonhole_proto::postage::{self, PostageKey};
 use pigeonhole_proto::receipt::{CommitGroup, ReceiptLeaf, WriteReceipt};
 use pigeonhole_proto::request::{Message, Request, SignedMessage, Write};
 use pigeonhole_proto::seal::{self, Letter};
 use pigeonhole_proto::tag::{ChainKey, Prefix, Tag};
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
 
 /// Size of the text and content payloads.
 const PAYLOAD_LEN: usize = 1024;
@@ -300,9 +303,51 @@ fn bench_nip44(c: &mut Criterion) {
     group.finish();
 }
 
+/// Postage (RFC 9497 VOPRF, ristretto255-SHA512): the relay's issuance and redemption costs
+/// and the client's finalize. Randomness is a ChaCha20 stream with a fixed seed.
+fn bench_postage(c: &mut Criterion) {
+    const EPOCH: u64 = 20_000;
+    let key = PostageKey::derive(&key(RELAY), EPOCH);
+    let public_key = key.public_key();
+    let mut rng = ChaCha20Rng::from_seed([0x44; 32]);
+    let (request_1, _) = postage::blind(1, EPOCH, &mut rng);
+    let (request_64, state_64) = postage::blind(postage::MAX_ISSUE, EPOCH, &mut rng);
+    let response_64 = key.evaluate(&request_64, &mut rng).expect("evaluates");
+    let tokens = state_64.finalize(&response_64, &public_key).expect("finalizes");
+    let tag = Tag([0xab; 20]);
+    let envelope = bytes_1k();
+    let stamp = tokens[0].stamp(&tag, &envelope);
+    key.check_stamp(&stamp, &tag, &envelope).expect("stamp verifies");
+
+    let mut group = c.benchmark_group("postage");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("evaluate_1", |b| b.iter(|| key.evaluate(black_box(&request_1), &mut rng)));
+    group.bench_function("check_stamp_1k", |b| {
+        b.iter(|| key.check_stamp(black_box(&stamp), black_box(&tag), black_box(&envelope)))
+    });
+    // Per-token throughput: one iteration handles a whole batch of 64.
+    group.throughput(Throughput::Elements(postage::MAX_ISSUE as u64));
+    group.bench_function("evaluate_64", |b| b.iter(|| key.evaluate(black_box(&request_64), &mut rng)));
+    // The client state is rebuilt from the same seed outside the timing: the timing is the
+    // batched proof check and 64 unblinds and hashes.
+    group.bench_function("finalize_64", |b| {
+        b.iter_batched(
+            || {
+                let mut replay = ChaCha20Rng::from_seed([0x44; 32]);
+                let _ = postage::blind(1, EPOCH, &mut replay);
+                postage::blind(postage::MAX_ISSUE, EPOCH, &mut replay).1
+            },
+            |state| state.finalize(black_box(&response_64), black_box(&public_key)),
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_baseline, bench_keys, bench_request, bench_seal, bench_drops, bench_receipt, bench_nip44
+    targets = bench_baseline, bench_keys, bench_request, bench_seal, bench_drops, bench_receipt, bench_nip44,
+        bench_postage
 }
 criterion_main!(benches);

@@ -20,12 +20,15 @@ use pigeonhole_proto::keyfile::{self, KeySecurity};
 use pigeonhole_proto::keys::SecretKey;
 use pigeonhole_proto::nip44;
 use pigeonhole_proto::payload::{AckEntry, Payload, kind};
-use pigeonhole_proto::receipt::{CommitGroup, ReceiptLeaf};
+use pigeonhole_proto::postage::{self, IssueRequest, IssueResponse, PostageKey, Stamp};
+use pigeonhole_proto::receipt::{CommitGroup, DropLeaf, PostageKeys, Receipt, ReceiptLeaf, drop_hash};
 use pigeonhole_proto::request::{
     Delete, Inventory, Listen, Message, Read, Register, Request, Session, Usage, Write,
 };
 use pigeonhole_proto::seal::{Letter, seal_with_nonce};
 use pigeonhole_proto::tag::{ChainKey, Prefix, Tag};
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
 use serde_json::{Value, json};
 
 fn secret(n: u8) -> SecretKey {
@@ -599,6 +602,159 @@ fn receipts() -> Value {
     file("Write receipts: RFC 6962 Merkle inclusion under one relay-signed commit header", valid, invalid)
 }
 
+fn postage_file() -> Value {
+    let relay = secret(9);
+    let epoch = 20_000u64;
+    let key = PostageKey::derive(&relay, epoch);
+    let next = PostageKey::derive(&relay, epoch + 1);
+    let mut valid = Vec::new();
+    for k in [&key, &next] {
+        valid.push(json!({"op": "derive_key", "note": format!("postage key of epoch {} derived from the relay's secret key (RFC 9497 DeriveKeyPair)", k.epoch()),
+            "relay_secret": sk_hex(9), "epoch": k.epoch(), "public_key": hex::encode(k.public_key())}));
+    }
+    // One ChaCha20 stream: blind draws (input, blind) per token, then evaluate draws the proof scalar.
+    let seed = bytes32(0x5e);
+    let mut rng = ChaCha20Rng::from_seed(seed);
+    let (request, state) = postage::blind(3, epoch, &mut rng);
+    let response = key.evaluate(&request, &mut rng).unwrap();
+    let tokens = state.finalize(&response, &key.public_key()).unwrap();
+    valid.push(json!({"op": "issue", "note": "three tokens: blind, evaluate with one batched proof, finalize; all randomness from ChaCha20 seeded with `rng_seed`",
+        "relay_secret": sk_hex(9), "epoch": epoch, "count": 3, "rng_seed": hex::encode(seed), "public_key": hex::encode(key.public_key()),
+        "request_bytes": hex::encode(request.to_bytes()), "request_json": request.to_json(),
+        "response_bytes": hex::encode(response.to_bytes()), "response_json": response.to_json(),
+        "tokens": tokens.iter().map(|t| t.to_json()).collect::<Vec<_>>()}));
+    let tag = Tag::from_hex("ab00000000000000000000000000000000000001").unwrap();
+    let envelope = b"stand-in for a sealed envelope".to_vec();
+    let stamp = tokens[0].stamp(&tag, &envelope);
+    valid.push(json!({"op": "stamp", "note": "the first token stamped on a drop: HMAC-SHA256 keyed by the PRF output over the tag and SHA-256(envelope)",
+        "relay_secret": sk_hex(9), "token": tokens[0].to_json(), "tag": tag.to_hex(), "envelope": hex::encode(&envelope),
+        "drop_hash": hex::encode(drop_hash(&envelope)), "stamp_bytes": hex::encode(stamp.to_bytes()), "stamp_json": stamp.to_json(),
+        "spent_id": hex::encode(stamp.spent_id())}));
+    let leaf = DropLeaf {
+        relay: relay.public_key(),
+        tag,
+        drop_hash: drop_hash(&envelope),
+        seq: 500,
+        stored_at: 1_728_000_000_000,
+        expires_at: 1_728_086_400_000,
+    };
+    let write_leaf = ReceiptLeaf {
+        relay: relay.public_key(),
+        owner: secret(1).public_key(),
+        receiver: secret(2).public_key(),
+        record_id: "msg-0500".into(),
+        record_hash: bytes32(0x44),
+        seq: 499,
+        stored_at: 1_728_000_000_000,
+        expires_at: 1_728_086_400_000,
+    };
+    let mut group = CommitGroup::new();
+    group.push(write_leaf.clone()).unwrap();
+    group.push_drop(leaf.clone()).unwrap();
+    let receipts = group.sign_all_with_aux(&relay, 1_728_000_000_010, &bytes32(7)).unwrap();
+    let receipt_json = |r: &Receipt| match r {
+        Receipt::Write(r) => serde_json::from_str::<Value>(&r.to_json()).unwrap(),
+        Receipt::Drop(r) => serde_json::from_str::<Value>(&r.to_json()).unwrap(),
+    };
+    let receipt_bytes = |r: &Receipt| match r {
+        Receipt::Write(r) => hex::encode(r.to_bytes()),
+        Receipt::Drop(r) => hex::encode(r.to_bytes()),
+    };
+    valid.push(json!({"op": "commit_group_mixed", "note": "a write and a drop committed together under one relay signature; the drop leaf starts with 0x02",
+        "relay_secret": sk_hex(9), "committed_at": 1_728_000_000_010u64, "aux": hex::encode(bytes32(7)),
+        "write_leaf": serde_json::to_value(&write_leaf).unwrap(), "drop_leaf": serde_json::to_value(&leaf).unwrap(),
+        "drop_leaf_bytes": hex::encode(leaf.to_bytes()),
+        "receipts": receipts.iter().map(receipt_json).collect::<Vec<_>>(),
+        "receipt_bytes": receipts.iter().map(receipt_bytes).collect::<Vec<_>>()}));
+    let keys = PostageKeys {
+        epoch_secs: 86_400,
+        grace_secs: 3600,
+        keys: vec![(epoch, key.public_key()), (epoch + 1, next.public_key())],
+    };
+    let document = keys.sign_with_aux(&relay, 1_728_000_000_000, &bytes32(8));
+    valid.push(json!({"op": "postage_keys", "note": "relay document kind 3: the current and next epoch keys",
+        "relay_secret": sk_hex(9), "timestamp": 1_728_000_000_000u64, "aux": hex::encode(bytes32(8)),
+        "keys": serde_json::to_value(&keys).unwrap(), "body": hex::encode(keys.to_body()), "document": hex::encode(document.to_bytes())}));
+    let message = Message {
+        from: secret(1).public_key(),
+        to: relay.public_key(),
+        timestamp: 1_728_000_000_000,
+        request: Request::Postage(request.clone()),
+    };
+    let signed = message.sign_with_aux(&secret(1), &bytes32(3)).unwrap();
+    valid.push(json!({"op": "request", "note": "signed `postage` request (type 9): an account asks for the three blinded elements above",
+        "secret": sk_hex(1), "aux": hex::encode(bytes32(3)), "json": signed.to_json(), "bytes": hex::encode(signed.to_bytes())}));
+
+    let request_bytes = request.to_bytes();
+    let with_request = |f: &dyn Fn(&mut Vec<u8>)| {
+        let mut b = request_bytes.clone();
+        f(&mut b);
+        hex::encode(b)
+    };
+    let mut tampered_proof = response.clone();
+    tampered_proof.proof[0] ^= 1;
+    let mut swapped = response.clone();
+    swapped.evaluated.swap(0, 1);
+    let rogue = PostageKey::derive(&secret(8), epoch)
+        .evaluate(&request, &mut ChaCha20Rng::from_seed(bytes32(1)))
+        .unwrap();
+    let finalize_case = |note: &str, response: &IssueResponse, public_key: [u8; 32], error: &str| {
+        json!({"op": "finalize", "note": note, "epoch": epoch, "count": 3, "rng_seed": hex::encode(seed),
+            "response_json": response.to_json(), "public_key": hex::encode(public_key), "error": error})
+    };
+    let mut bad_mac = stamp.clone();
+    bad_mac.mac[31] ^= 1;
+    let stamp_case = |note: &str, key_epoch: u64, stamp: &Stamp, tag: &Tag, envelope: &[u8], error: &str| {
+        json!({"op": "check_stamp", "note": note, "relay_secret": sk_hex(9), "epoch": key_epoch, "stamp_json": stamp.to_json(),
+            "tag": tag.to_hex(), "envelope": hex::encode(envelope), "error": error})
+    };
+    let mut type10 = signed.to_bytes();
+    type10[1] = 10;
+    let mut stamp_v2 = stamp.to_bytes();
+    stamp_v2[0] = 2;
+    let _ = IssueRequest::from_bytes(&request_bytes).unwrap();
+    let invalid = vec![
+        json!({"op": "issue_request_bytes", "note": "second blinded element is not a ristretto255 encoding", "bytes": with_request(&|b| b[9 + 32..9 + 64].fill(0xff)), "error": "InvalidElement"}),
+        json!({"op": "issue_request_bytes", "note": "the identity (32 zero bytes) as an element", "bytes": with_request(&|b| b[9..9 + 32].fill(0)), "error": "InvalidElement"}),
+        json!({"op": "issue_request_bytes", "note": "count 0", "bytes": hex::encode([&request_bytes[..8], &[0u8][..]].concat()), "error": "Count"}),
+        json!({"op": "issue_request_bytes", "note": "count 65 (more than MAX_ISSUE)", "bytes": hex::encode([&request_bytes[..8], &[65u8][..], &request_bytes[9..41].repeat(65)].concat()), "error": "Count"}),
+        json!({"op": "issue_request_bytes", "note": "truncated inside the last element", "bytes": hex::encode(&request_bytes[..request_bytes.len() - 1]), "error": "Truncated"}),
+        json!({"op": "issue_request_json", "note": "unknown field", "text": request.to_json().replacen("\"epoch\"", "\"account\":1,\"epoch\"", 1), "error": "Json"}),
+        finalize_case("a bit of the proof flipped", &tampered_proof, key.public_key(), "BadProof"),
+        finalize_case("evaluated elements swapped", &swapped, key.public_key(), "BadProof"),
+        finalize_case(
+            "valid response checked against the next epoch's key",
+            &response,
+            next.public_key(),
+            "BadProof",
+        ),
+        finalize_case(
+            "evaluated under another key (a per-account key) for the same epoch",
+            &rogue,
+            key.public_key(),
+            "BadProof",
+        ),
+        stamp_case("last MAC bit flipped", epoch, &bad_mac, &tag, &envelope, "BadStamp"),
+        stamp_case(
+            "stamp moved to another tag",
+            epoch,
+            &stamp,
+            &Tag::from_hex("ab00000000000000000000000000000000000002").unwrap(),
+            &envelope,
+            "BadStamp",
+        ),
+        stamp_case("stamp moved to another envelope", epoch, &stamp, &tag, b"another envelope", "BadStamp"),
+        stamp_case("checked with the next epoch's key", epoch + 1, &stamp, &tag, &envelope, "WrongEpoch"),
+        json!({"op": "stamp_bytes", "note": "stamp version 2", "bytes": hex::encode(stamp_v2), "error": "UnknownVersion"}),
+        json!({"op": "request_bytes", "note": "request type 10 (unknown since type 9 is postage)", "bytes": hex::encode(type10), "error": "UnknownType"}),
+    ];
+    file(
+        "Drop postage: RFC 9497 VOPRF tokens (ristretto255-SHA512), stamps, spent ids, drop receipts and the postage-keys document",
+        valid,
+        invalid,
+    )
+}
+
 fn main() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../spec/vectors");
     let files = [
@@ -609,6 +765,7 @@ fn main() {
         ("cards.json", cards()),
         ("requests.json", requests()),
         ("receipts.json", receipts()),
+        ("postage.json", postage_file()),
     ];
     let mut total = 0;
     for (name, value) in files {

@@ -12,10 +12,16 @@ use pigeonhole_proto::keyfile::{self, KeySecurity};
 use pigeonhole_proto::keys::{PublicKey, SecretKey, Signature};
 use pigeonhole_proto::nip44::ConversationKey;
 use pigeonhole_proto::payload::Payload;
-use pigeonhole_proto::receipt::{CommitGroup, ReceiptLeaf, WriteReceipt};
+use pigeonhole_proto::postage::{self, IssueRequest, IssueResponse, PostageKey, Stamp, Token};
+use pigeonhole_proto::receipt::{
+    CommitGroup, DropLeaf, DropReceipt, PostageKeys, Receipt, ReceiptLeaf, RelayDocument, WriteReceipt,
+    drop_hash,
+};
 use pigeonhole_proto::request::SignedMessage;
 use pigeonhole_proto::seal::{Letter, open, seal_with_nonce};
 use pigeonhole_proto::tag::{ChainKey, Prefix, Tag, drop_tag};
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
 use serde_json::Value;
 
 fn load(name: &str) -> Value {
@@ -328,9 +334,133 @@ fn receipts() {
     );
 }
 
+fn epoch(case: &Value) -> u64 {
+    case["epoch"].as_u64().unwrap()
+}
+
+/// Replays a case's blinding from its seed: the same request and client state.
+fn blinded(case: &Value) -> (IssueRequest, postage::BlindState, ChaCha20Rng) {
+    let mut rng = ChaCha20Rng::from_seed(b32(case, "rng_seed"));
+    let (request, state) = postage::blind(case["count"].as_u64().unwrap() as usize, epoch(case), &mut rng);
+    (request, state, rng)
+}
+
+#[test]
+fn postage() {
+    run_file(
+        "postage.json",
+        |c| match s(c, "op") {
+            "derive_key" => {
+                let key = PostageKey::derive(&secret(c, "relay_secret"), epoch(c));
+                assert_eq!(hex::encode(key.public_key()), s(c, "public_key"));
+            }
+            "issue" => {
+                let key = PostageKey::derive(&secret(c, "relay_secret"), epoch(c));
+                assert_eq!(hex::encode(key.public_key()), s(c, "public_key"));
+                let (request, state, mut rng) = blinded(c);
+                assert_eq!(hex::encode(request.to_bytes()), s(c, "request_bytes"));
+                assert_eq!(request.to_json(), s(c, "request_json"));
+                assert_eq!(IssueRequest::from_bytes(&b(c, "request_bytes")).unwrap(), request);
+                assert_eq!(IssueRequest::from_json(s(c, "request_json")).unwrap(), request);
+                let response = key.evaluate(&request, &mut rng).unwrap();
+                assert_eq!(hex::encode(response.to_bytes()), s(c, "response_bytes"));
+                assert_eq!(response.to_json(), s(c, "response_json"));
+                assert_eq!(IssueResponse::from_bytes(&b(c, "response_bytes")).unwrap(), response);
+                let tokens = state.finalize(&response, &key.public_key()).unwrap();
+                let expected: Vec<&str> =
+                    c["tokens"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+                assert_eq!(tokens.iter().map(Token::to_json).collect::<Vec<_>>(), expected);
+            }
+            "stamp" => {
+                let token = Token::from_json(s(c, "token")).unwrap();
+                let tag = Tag::from_hex(s(c, "tag")).unwrap();
+                let envelope = b(c, "envelope");
+                assert_eq!(hex::encode(drop_hash(&envelope)), s(c, "drop_hash"));
+                let stamp = token.stamp(&tag, &envelope);
+                assert_eq!(hex::encode(stamp.to_bytes()), s(c, "stamp_bytes"));
+                assert_eq!(stamp.to_json(), s(c, "stamp_json"));
+                assert_eq!(Stamp::from_bytes(&b(c, "stamp_bytes")).unwrap(), stamp);
+                assert_eq!(hex::encode(stamp.spent_id()), s(c, "spent_id"));
+                let key = PostageKey::derive(&secret(c, "relay_secret"), token.epoch);
+                key.check_stamp(&stamp, &tag, &envelope).unwrap();
+            }
+            "commit_group_mixed" => {
+                let relay = secret(c, "relay_secret");
+                let write: ReceiptLeaf = serde_json::from_value(c["write_leaf"].clone()).unwrap();
+                let drop: DropLeaf = serde_json::from_value(c["drop_leaf"].clone()).unwrap();
+                assert_eq!(hex::encode(drop.to_bytes()), s(c, "drop_leaf_bytes"));
+                let mut group = CommitGroup::new();
+                group.push(write).unwrap();
+                group.push_drop(drop).unwrap();
+                let made = group
+                    .sign_all_with_aux(&relay, c["committed_at"].as_u64().unwrap(), &b32(c, "aux"))
+                    .unwrap();
+                let expected_json = c["receipts"].as_array().unwrap();
+                let expected_bytes = c["receipt_bytes"].as_array().unwrap();
+                assert_eq!(made.len(), 2);
+                let Receipt::Write(write_receipt) = &made[0] else { panic!("first is the write") };
+                let Receipt::Drop(drop_receipt) = &made[1] else { panic!("second is the drop") };
+                assert_eq!(
+                    serde_json::from_str::<Value>(&write_receipt.to_json()).unwrap(),
+                    expected_json[0]
+                );
+                assert_eq!(serde_json::from_str::<Value>(&drop_receipt.to_json()).unwrap(), expected_json[1]);
+                assert_eq!(hex::encode(write_receipt.to_bytes()), expected_bytes[0].as_str().unwrap());
+                assert_eq!(hex::encode(drop_receipt.to_bytes()), expected_bytes[1].as_str().unwrap());
+                let parsed = DropReceipt::from_json(&expected_json[1].to_string()).unwrap();
+                parsed.verify(&relay.public_key()).unwrap();
+                let parsed =
+                    DropReceipt::from_bytes(&hex::decode(expected_bytes[1].as_str().unwrap()).unwrap())
+                        .unwrap();
+                parsed.verify(&relay.public_key()).unwrap();
+            }
+            "postage_keys" => {
+                let relay = secret(c, "relay_secret");
+                let keys: PostageKeys = serde_json::from_value(c["keys"].clone()).unwrap();
+                assert_eq!(hex::encode(keys.to_body()), s(c, "body"));
+                let document = keys.sign_with_aux(&relay, c["timestamp"].as_u64().unwrap(), &b32(c, "aux"));
+                assert_eq!(hex::encode(document.to_bytes()), s(c, "document"));
+                let parsed = RelayDocument::from_bytes(&b(c, "document")).unwrap();
+                assert_eq!(PostageKeys::from_document(&parsed, &relay.public_key()).unwrap(), keys);
+                for (epoch, key) in &keys.keys {
+                    assert_eq!(PostageKey::derive(&relay, *epoch).public_key(), *key);
+                }
+            }
+            "request" => {
+                let signed = SignedMessage::from_json(s(c, "json")).unwrap();
+                assert_eq!(hex::encode(signed.to_bytes()), s(c, "bytes"));
+                assert_eq!(SignedMessage::from_bytes(&b(c, "bytes")).unwrap(), signed);
+                assert_eq!(signed.to_json(), s(c, "json"));
+                let resigned =
+                    signed.message().clone().sign_with_aux(&secret(c, "secret"), &b32(c, "aux")).unwrap();
+                assert_eq!(resigned, signed);
+            }
+            op => panic!("unknown op {op}"),
+        },
+        |c| match s(c, "op") {
+            "issue_request_bytes" => expect_error(c, IssueRequest::from_bytes(&b(c, "bytes"))),
+            "issue_request_json" => expect_error(c, IssueRequest::from_json(s(c, "text"))),
+            "finalize" => {
+                let (_, state, _) = blinded(c);
+                let response = IssueResponse::from_json(s(c, "response_json"));
+                expect_error(c, response.and_then(|r| state.finalize(&r, &b32(c, "public_key"))));
+            }
+            "check_stamp" => {
+                let key = PostageKey::derive(&secret(c, "relay_secret"), epoch(c));
+                let stamp = Stamp::from_json(s(c, "stamp_json")).unwrap();
+                let tag = Tag::from_hex(s(c, "tag")).unwrap();
+                expect_error(c, key.check_stamp(&stamp, &tag, &b(c, "envelope")));
+            }
+            "stamp_bytes" => expect_error(c, Stamp::from_bytes(&b(c, "bytes"))),
+            "request_bytes" => expect_error(c, SignedMessage::from_bytes(&b(c, "bytes"))),
+            op => panic!("unknown op {op}"),
+        },
+    );
+}
+
 #[test]
 fn at_least_forty_cases_across_files() {
-    let total: usize = ["keys", "signing", "sealing", "tags", "cards", "requests", "receipts"]
+    let total: usize = ["keys", "signing", "sealing", "tags", "cards", "requests", "receipts", "postage"]
         .iter()
         .map(|name| {
             let file = load(&format!("{name}.json"));
