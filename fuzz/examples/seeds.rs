@@ -9,7 +9,8 @@ use pigeonhole_proto::keyfile::{self, KeyFile, KeySecurity};
 use pigeonhole_proto::keys::SecretKey;
 use pigeonhole_proto::nip44::{self, ConversationKey};
 use pigeonhole_proto::payload::{AckEntry, Memo, Payload, Payment, PaymentRequest};
-use pigeonhole_proto::receipt::{CommitGroup, ReceiptLeaf, UsageEntry, UsageReport};
+use pigeonhole_proto::postage::{self, PostageKey};
+use pigeonhole_proto::receipt::{CommitGroup, DropLeaf, PostageKeys, Receipt, ReceiptLeaf, UsageEntry, UsageReport};
 use pigeonhole_proto::request::{self, Message, Request};
 use pigeonhole_proto::seal::{self, Letter};
 use pigeonhole_proto::tag::{Prefix, Tag};
@@ -149,6 +150,32 @@ fn main() {
     write("receipt", "usage-body", report.to_body());
     write("receipt", "usage-document", report.sign_with_aux(&relay, 60, &[0; 32]).to_bytes());
 
+    // postage (relay key [5; 32] as in the target, epoch 20000)
+    let postage_key = PostageKey::derive(&relay, 20_000);
+    let mut rng = Counter(9);
+    let (request, state) = postage::blind(3, 20_000, &mut rng);
+    let response = postage_key.evaluate(&request, &mut rng).expect("evaluates");
+    let tokens = state.finalize(&response, &postage_key.public_key()).expect("finalizes");
+    let tag = Tag([0xab; 20]);
+    let stamp = tokens[0].stamp(&tag, b"envelope");
+    write("postage", "request", request.to_bytes());
+    write("postage", "request.json", request.to_json());
+    write("postage", "response", response.to_bytes());
+    write("postage", "response.json", response.to_json());
+    write("postage", "stamp", stamp.to_bytes());
+    write("postage", "stamp.json", stamp.to_json());
+    let keys = PostageKeys { epoch_secs: 86_400, grace_secs: 600, keys: vec![(20_000, postage_key.public_key())] };
+    write("postage", "keys-body", keys.to_body());
+    let mut group = CommitGroup::new();
+    group.push_drop(DropLeaf { relay: relay.public_key(), tag, drop_hash: [1; 32], seq: 1, stored_at: 2, expires_at: 3 }).expect("fits");
+    group.push_drop(DropLeaf { relay: relay.public_key(), tag, drop_hash: [2; 32], seq: 2, stored_at: 2, expires_at: 3 }).expect("fits");
+    for (i, receipt) in group.sign_all_with_aux(&relay, 50, &[0; 32]).expect("signs").iter().enumerate() {
+        if let Receipt::Drop(receipt) = receipt {
+            write("postage", &format!("drop-receipt-{i}"), receipt.to_bytes());
+            write("postage", &format!("drop-receipt-{i}.json"), receipt.to_json());
+        }
+    }
+
     // keys
     let pk = alice.public_key();
     write("keys", "pk-hex", pk.to_hex());
@@ -199,3 +226,28 @@ fn hex(bytes: &[u8]) -> String {
 fn bech32_of(hrp: &str, bytes: &[u8]) -> String {
     bech32::encode::<bech32::Bech32>(bech32::Hrp::parse(hrp).expect("valid hrp"), bytes).expect("fits")
 }
+
+/// A deterministic RNG for the postage seeds (the same generator as the postage target's).
+struct Counter(u64);
+
+impl rand_core::RngCore for Counter {
+    fn next_u32(&mut self) -> u32 {
+        self.next_u64() as u32
+    }
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0
+    }
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        for chunk in dest.chunks_mut(8) {
+            let bytes = self.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+    }
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+        self.fill_bytes(dest);
+        Ok(())
+    }
+}
+
+impl rand_core::CryptoRng for Counter {}
