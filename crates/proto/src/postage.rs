@@ -33,6 +33,10 @@ use crate::receipt::drop_hash;
 use crate::tag::Tag;
 use crate::wire::{DecodeError, Reader, Writer};
 
+/// The postage-keys relay document body (document kind 3), defined with the other relay
+/// documents in [`crate::receipt`] and re-exported here beside the keys it publishes.
+pub use crate::receipt::PostageKeys;
+
 /// The RFC 9497 ciphersuite: ristretto255 with SHA-512.
 type Suite = Ristretto255;
 
