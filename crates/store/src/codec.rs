@@ -11,7 +11,7 @@ use pigeonhole_proto::payload::{MAX_RECORD_ID_LEN, validate_record_id};
 use pigeonhole_proto::tag::{TAG_LEN, Tag};
 use pigeonhole_proto::wire::{DecodeError, Reader, Writer};
 
-use crate::{Account, AccountStatus, NewRecord, RecordMeta, StoreError, Usage};
+use crate::{Account, AccountStatus, NewDrop, NewRecord, RecordMeta, StoreError, StoredDrop, Usage};
 
 /// Length of a public key in keys and values.
 pub(crate) const KEY_LEN: usize = 32;
@@ -32,6 +32,18 @@ pub(crate) fn check_new_record(record: &NewRecord) -> Result<(), StoreError> {
             "invalid input (caller bug): record {:?} has {} bytes, more than a u32 counts",
             record.record_id,
             record.bytes.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Checks what the store needs of a drop before anything is written: its bytes fit the `u32`
+/// size field (the relay's job; a violation is a caller bug, reported as an error).
+pub(crate) fn check_new_drop(drop: &NewDrop) -> Result<(), StoreError> {
+    if u32::try_from(drop.bytes.len()).is_err() {
+        return Err(StoreError::Io(format!(
+            "invalid input (caller bug): a drop of {} bytes, more than a u32 counts",
+            drop.bytes.len()
         )));
     }
     Ok(())
@@ -145,8 +157,127 @@ pub(crate) fn usage_key_read_at(key: &[u8]) -> Result<u64, StoreError> {
     be_u64(&key[KEY_LEN..KEY_LEN + 8], "usage")
 }
 
+/// The prefix lengths the `drop_prefix` index has entries for: every multiple of 4 up to 32.
+pub(crate) const DROP_INDEX_GRANULARITIES: [u8; 8] = [4, 8, 12, 16, 20, 24, 28, 32];
+
+/// The top `bits` bits of `head`, the rest zero.
+pub(crate) fn mask_head(head: u32, bits: u8) -> u32 {
+    if bits == 0 { 0 } else { head & (u32::MAX << (32 - u32::from(bits))) }
+}
+
+/// `drop_prefix` key prefix: `u8 g ‖ u32 head masked to g bits`.
+pub(crate) fn drop_prefix_bucket(granularity: u8, head: u32) -> [u8; 5] {
+    let mut key = [0u8; 5];
+    key[0] = granularity;
+    key[1..].copy_from_slice(&mask_head(head, granularity).to_be_bytes());
+    key
+}
+
+/// `drop_prefix`: `u8 g ‖ u32 head masked to g bits ‖ u64 seq`.
+pub(crate) fn drop_prefix_key(granularity: u8, head: u32, seq: u64) -> [u8; 13] {
+    let mut key = [0u8; 13];
+    key[..5].copy_from_slice(&drop_prefix_bucket(granularity, head));
+    key[5..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// `drop_prefix` value: `u32 full head ‖ u64 expires_at`, so that a query filters the bits past
+/// `g` and skips expired drops without loading them.
+pub(crate) fn drop_prefix_value(head: u32, expires_at: u64) -> [u8; 12] {
+    let mut value = [0u8; 12];
+    value[..4].copy_from_slice(&head.to_be_bytes());
+    value[4..].copy_from_slice(&expires_at.to_be_bytes());
+    value
+}
+
+/// One decoded `drop_prefix` entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DropPrefixEntry {
+    pub(crate) granularity: u8,
+    pub(crate) masked: u32,
+    pub(crate) seq: u64,
+    pub(crate) head: u32,
+    pub(crate) expires_at: u64,
+}
+
+/// Decodes a `drop_prefix` entry, checking that it is well-formed (a known granularity, the
+/// masked head agreeing with the full one).
+pub(crate) fn decode_drop_prefix(key: &[u8], value: &[u8]) -> Result<DropPrefixEntry, StoreError> {
+    let name = "drop_prefix";
+    if key.len() != 13 || value.len() != 12 {
+        return Err(corrupted(name, format_args!("entry of {}+{} bytes", key.len(), value.len())));
+    }
+    let granularity = key[0];
+    let masked = u32::from_be_bytes([key[1], key[2], key[3], key[4]]);
+    let seq = be_u64(&key[5..], name)?;
+    let head = u32::from_be_bytes([value[0], value[1], value[2], value[3]]);
+    let expires_at = be_u64(&value[4..], name)?;
+    if !DROP_INDEX_GRANULARITIES.contains(&granularity) || mask_head(head, granularity) != masked {
+        return Err(corrupted(name, format_args!("malformed entry for seq {seq}")));
+    }
+    Ok(DropPrefixEntry { granularity, masked, seq, head, expires_at })
+}
+
+/// `stamps`: `u64 epoch ‖ [32] stamp id` (value: u64 seq of the drop that spent it), so that
+/// the stamps of old epochs are one range at the start of the keyspace.
+pub(crate) fn stamp_key(epoch: u64, stamp_id: &[u8; 32]) -> [u8; 40] {
+    let mut key = [0u8; 40];
+    key[..8].copy_from_slice(&epoch.to_be_bytes());
+    key[8..].copy_from_slice(stamp_id);
+    key
+}
+
+/// `drop_buckets`: the u16 bucket, big-endian (value: u64 live drops; absent = 0).
+pub(crate) fn bucket_key(bucket: u16) -> [u8; 2] {
+    bucket.to_be_bytes()
+}
+
+/// `issuance`: `[32] account ‖ u64 day` (value: u32 tokens issued).
+pub(crate) fn issuance_key(account: &[u8; 32], day: u64) -> [u8; 40] {
+    let mut key = [0u8; 40];
+    key[..32].copy_from_slice(account);
+    key[32..].copy_from_slice(&day.to_be_bytes());
+    key
+}
+
+/// Decodes a 4-byte big-endian value of `keyspace`.
+pub(crate) fn be_u32(bytes: &[u8], keyspace: &'static str) -> Result<u32, StoreError> {
+    let array: [u8; 4] = bytes
+        .try_into()
+        .map_err(|_| corrupted(keyspace, format_args!("expected 4 bytes, found {}", bytes.len())))?;
+    Ok(u32::from_be_bytes(array))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Values
+
+/// `drops` value: `[20] tag ‖ u64 stored_at ‖ u64 expires_at ‖ [32] drop_hash ‖ var32(bytes)`.
+pub(crate) fn encode_drop(drop: &NewDrop) -> Vec<u8> {
+    let mut w = Writer::with_capacity(TAG_LEN + 16 + 32 + 4 + drop.bytes.len());
+    w.raw(&drop.tag.0).u64(drop.stored_at).u64(drop.expires_at).raw(&drop.drop_hash).var32(&drop.bytes);
+    w.finish()
+}
+
+/// Decodes a `drops` value stored under `seq`.
+pub(crate) fn decode_drop(seq: u64, value: &[u8]) -> Result<StoredDrop, StoreError> {
+    let decode = |value| -> Result<StoredDrop, DecodeError> {
+        let mut r = Reader::new(value);
+        let tag = Tag(r.array::<TAG_LEN>("tag")?);
+        let stored_at = r.u64("stored_at")?;
+        let expires_at = r.u64("expires_at")?;
+        let drop_hash = r.array::<32>("drop_hash")?;
+        let bytes = r.var32(u32::MAX as usize, "bytes")?.to_vec();
+        r.finish()?;
+        Ok(StoredDrop { seq, tag, stored_at, expires_at, drop_hash, bytes })
+    };
+    decode(value).map_err(decode_err("drops"))
+}
+
+/// The tag of a `drops` value, without decoding the rest (to skip drops a query does not want).
+pub(crate) fn drop_value_tag(value: &[u8]) -> Result<Tag, StoreError> {
+    Tag::from_slice(value.get(..TAG_LEN).unwrap_or_default())
+        .map_err(|_| corrupted("drops", "value too short for a tag"))
+}
 
 /// A stored record's metadata without its read count (kept in `pulls`), plus the size of its
 /// bytes, decoded from a `records` value.
@@ -384,6 +515,45 @@ mod tests {
         let counters = Usage { records: 3, bytes: 99 };
         assert_eq!(decode_usage_counters(&encode_usage_counters(counters), "owners").expect("ok"), counters);
         assert!(decode_usage_counters(&[0; 15], "owners").is_err());
+    }
+
+    #[test]
+    fn drop_round_trip_and_index_entries() {
+        let drop = NewDrop {
+            tag: Tag([0xa5; TAG_LEN]),
+            stamp_epoch: 3,
+            stamp_id: [4; 32],
+            stored_at: 5,
+            expires_at: 6,
+            drop_hash: [7; 32],
+            bytes: b"sealed".to_vec(),
+        };
+        let encoded = encode_drop(&drop);
+        let got = decode_drop(9, &encoded).expect("decodes");
+        assert_eq!((got.seq, got.tag, got.stored_at, got.expires_at), (9, drop.tag, 5, 6));
+        assert_eq!((got.drop_hash, got.bytes), (drop.drop_hash, drop.bytes));
+        assert_eq!(drop_value_tag(&encoded).expect("tag"), drop.tag);
+        for len in 0..encoded.len() {
+            assert!(matches!(decode_drop(9, &encoded[..len]), Err(StoreError::Corrupted(_))), "{len}");
+        }
+        assert!(drop_value_tag(&encoded[..TAG_LEN - 1]).is_err());
+        let head = 0xabcd_ef12;
+        for g in DROP_INDEX_GRANULARITIES {
+            let key = drop_prefix_key(g, head, 77);
+            assert_eq!(&key[..5], &drop_prefix_bucket(g, head));
+            let entry = decode_drop_prefix(&key, &drop_prefix_value(head, 88)).expect("ok");
+            let expected =
+                DropPrefixEntry { granularity: g, masked: mask_head(head, g), seq: 77, head, expires_at: 88 };
+            assert_eq!(entry, expected);
+            // A full head that disagrees with the masked one is damage.
+            assert!(decode_drop_prefix(&key, &drop_prefix_value(head ^ 0x8000_0000, 88)).is_err());
+            assert!(decode_drop_prefix(&key, &head.to_be_bytes()).is_err(), "short value");
+        }
+        assert_eq!(mask_head(head, 0), 0);
+        assert_eq!(mask_head(head, 12), 0xabc0_0000);
+        assert!(decode_drop_prefix(&drop_prefix_key(5, 0, 1), &[0; 12]).is_err(), "unknown granularity");
+        assert!(stamp_key(1, &[0xff; 32]) < stamp_key(2, &[0; 32]));
+        assert!(drop_prefix_key(8, head, 1) < drop_prefix_key(8, head, 256));
     }
 
     #[test]

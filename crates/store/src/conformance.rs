@@ -20,16 +20,25 @@
 //!   clock but not yet removed by `expire`;
 //! - `expire` removes records in `(expires_at, seq)` order;
 //! - usage rows with the same `read_at` come back in the order of the reads;
-//! - `owner_usage` and `totals` count what is stored, expired or not, until it is removed.
+//! - `owner_usage` and `totals` count what is stored, expired or not, until it is removed;
+//! - drops are not records: `totals` and `owner_usage` never count them, `drop_totals` does
+//!   (expired or not, until `expire_drops` removes them), and so do the bucket counts that
+//!   `bucket_cap` is checked against;
+//! - a drop removed by `expire_drops` leaves its stamp spent; only `prune_stamps` forgets it;
+//! - `put_drops` on an empty slice returns an empty vector; a batch in which nothing is stored
+//!   assigns no sequence number;
+//! - `expire_drops` removes drops in `(expires_at, seq)` order; `prune_stamps` forgets stamps
+//!   in `(epoch, stamp id)` order;
+//! - `charge_issuance` with `count = 0` grants 0 and changes nothing.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use pigeonhole_proto::keys::{PublicKey, SecretKey};
-use pigeonhole_proto::tag::{TAG_LEN, Tag};
+use pigeonhole_proto::tag::{Prefix, TAG_LEN, Tag};
 
 use crate::{
-    Account, AccountStatus, ListQuery, NewRecord, PutOutcome, ReadOutcome, RecordMeta, Store, StoredRecord,
-    Usage,
+    Account, AccountStatus, DROP_BUCKET_BITS, DropOutcome, ListQuery, NewDrop, NewRecord, PutOutcome,
+    ReadOutcome, RecordMeta, Store, StoredDrop, StoredRecord, Usage, drop_bucket,
 };
 
 /// One case of the suite: a name and a check run against a fresh store.
@@ -77,6 +86,16 @@ pub fn cases<S: Store>() -> Vec<Case<S>> {
         ("owner_usage_and_totals", owner_usage_and_totals::<S>),
         ("last_seq", last_seq::<S>),
         ("concurrent_writers_and_readers", concurrent_writers_and_readers::<S>),
+        ("drop_round_trip", drop_round_trip::<S>),
+        ("stamp_spent_across_batches", stamp_spent_across_batches::<S>),
+        ("stamp_spent_within_batch", stamp_spent_within_batch::<S>),
+        ("bucket_full_does_not_spend_the_stamp", bucket_full_does_not_spend_the_stamp::<S>),
+        ("fetch_drops_by_prefix", fetch_drops_by_prefix::<S>),
+        ("expired_drops", expired_drops::<S>),
+        ("prune_stamps", prune_stamps::<S>),
+        ("charge_issuance", charge_issuance::<S>),
+        ("drops_and_records_share_the_sequence", drops_and_records_share_the_sequence::<S>),
+        ("concurrent_drops_spend_each_stamp_once", concurrent_drops_spend_each_stamp_once::<S>),
     ]
 }
 
@@ -924,4 +943,425 @@ fn concurrent_writers_and_readers<S: Store>(s: &S) {
     assert_eq!(s.last_seq(), *seqs.last().expect("non-empty"));
     assert_eq!(s.totals().expect("totals").records, (2 * BATCHES * 3) as u64);
     assert_eq!(s.usage(&key(10), None, None, 100).expect("usage").len(), BATCHES);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Drops
+
+/// A small deterministic mixer (tags and stamps spread over the whole space).
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// A tag whose first 32 bits are `head`, the rest filled from `n`.
+fn tag_with_head(head: u32, n: u64) -> Tag {
+    let mut tag = [0u8; TAG_LEN];
+    tag[..4].copy_from_slice(&head.to_be_bytes());
+    for (i, chunk) in tag[4..].chunks_mut(8).enumerate() {
+        let bytes = mix(n ^ (i as u64) << 56).to_be_bytes();
+        chunk.copy_from_slice(&bytes[..chunk.len()]);
+    }
+    Tag(tag)
+}
+
+fn stamp_id(n: u64) -> [u8; 32] {
+    let mut id = [0u8; 32];
+    for (i, chunk) in id.chunks_mut(8).enumerate() {
+        chunk.copy_from_slice(&mix(n.wrapping_mul(4) + i as u64).to_be_bytes());
+    }
+    id
+}
+
+/// Drop number `n` under `tag`, paid with stamp `n` of epoch 7.
+fn new_drop(tag: Tag, n: u64) -> NewDrop {
+    NewDrop {
+        tag,
+        stamp_epoch: 7,
+        stamp_id: stamp_id(n),
+        stored_at: 1_000,
+        expires_at: FOREVER,
+        drop_hash: [n as u8; 32],
+        bytes: format!("sealed drop {n}").into_bytes(),
+    }
+}
+
+fn drop_stored(outcome: &DropOutcome) -> u64 {
+    match outcome {
+        DropOutcome::Stored { seq } => *seq,
+        other => panic!("expected Stored, got {other:?}"),
+    }
+}
+
+fn put_drops_all<S: Store>(s: &S, drops: &[NewDrop], cap: u32) -> Vec<u64> {
+    s.put_drops(drops, cap).expect("put_drops").iter().map(drop_stored).collect()
+}
+
+fn dseqs(drops: &[StoredDrop]) -> Vec<u64> {
+    drops.iter().map(|d| d.seq).collect()
+}
+
+fn prefix(bits: u8, value: u32) -> Prefix {
+    Prefix::truncate(bits, value).expect("bits <= 32")
+}
+
+fn fetch<S: Store>(s: &S, p: &Prefix, after_seq: u64, limit: usize, now: u64) -> Vec<StoredDrop> {
+    s.fetch_drops(p, after_seq, limit, now).expect("fetch_drops")
+}
+
+fn drop_round_trip<S: Store>(s: &S) {
+    assert_eq!(s.put_drops(&[], 0).expect("empty batch"), Vec::new());
+    assert_eq!(s.last_seq(), 0);
+    let d = NewDrop {
+        stored_at: 10,
+        expires_at: 500,
+        bytes: (0..=255u8).cycle().take(3_000).collect(),
+        ..new_drop(tag_with_head(0xdead_beef, 1), 1)
+    };
+    let seq = drop_stored(&s.put_drops(std::slice::from_ref(&d), 0).expect("put")[0]);
+    assert_eq!(s.last_seq(), seq);
+    let expected = StoredDrop {
+        seq,
+        tag: d.tag,
+        stored_at: 10,
+        expires_at: 500,
+        drop_hash: d.drop_hash,
+        bytes: d.bytes.clone(),
+    };
+    for bits in [0, 2, 4, 13, 16, 32] {
+        assert_eq!(fetch(s, &prefix(bits, 0xdead_beef), 0, 10, 10), vec![expected.clone()], "L={bits}");
+    }
+    assert_eq!(fetch(s, &prefix(32, 0xdead_beee), 0, 10, 10), Vec::new());
+    assert_eq!(fetch(s, &prefix(1, 0), 0, 10, 10), Vec::new());
+    assert!(s.stamp_spent(7, &d.stamp_id).expect("spent"));
+    assert!(!s.stamp_spent(8, &d.stamp_id).expect("spent"), "a stamp is its epoch and id");
+    assert!(!s.stamp_spent(7, &stamp_id(2)).expect("spent"));
+    assert_eq!(s.drop_totals().expect("drop totals"), Usage { records: 1, bytes: 3_000 });
+    assert_eq!(s.totals().expect("totals"), Usage::default(), "drops are not records");
+    // Empty bytes round-trip too.
+    let empty = NewDrop { bytes: Vec::new(), ..new_drop(tag_with_head(1, 2), 2) };
+    let seq = put_drops_all(s, &[empty], 0)[0];
+    let got = fetch(s, &prefix(32, 1), 0, 10, 0);
+    assert_eq!((dseqs(&got), got[0].bytes.len()), (vec![seq], 0));
+}
+
+fn stamp_spent_across_batches<S: Store>(s: &S) {
+    let first = new_drop(tag_with_head(0x1111_0000, 1), 1);
+    let seq = put_drops_all(s, std::slice::from_ref(&first), 0)[0];
+    let before = (s.drop_totals().expect("totals"), s.last_seq());
+    // The same stamp on another drop, in another bucket, later.
+    let again = NewDrop { tag: tag_with_head(0x2222_0000, 9), bytes: b"other".to_vec(), ..first.clone() };
+    assert_eq!(s.put_drops(std::slice::from_ref(&again), 0).expect("put"), vec![DropOutcome::Spent]);
+    assert_eq!(
+        s.put_drops(std::slice::from_ref(&first), 0).expect("put"),
+        vec![DropOutcome::Spent],
+        "an exact retry too"
+    );
+    assert_eq!((s.drop_totals().expect("totals"), s.last_seq()), before, "nothing stored or numbered");
+    assert_eq!(fetch(s, &Prefix::EMPTY, 0, 10, 0).len(), 1);
+    assert_eq!(dseqs(&fetch(s, &prefix(32, 0x1111_0000), 0, 10, 0)), vec![seq]);
+    assert_eq!(fetch(s, &prefix(32, 0x2222_0000), 0, 10, 0), Vec::new());
+    // A mixed batch: the spent one is refused, the others stored in order.
+    let out = s
+        .put_drops(&[new_drop(tag_with_head(5, 2), 2), again, new_drop(tag_with_head(5, 3), 3)], 0)
+        .expect("put");
+    assert_eq!(out[1], DropOutcome::Spent);
+    assert!(drop_stored(&out[0]) > seq && drop_stored(&out[2]) == drop_stored(&out[0]) + 1);
+    // The same id in another epoch is another stamp.
+    let other_epoch = NewDrop { stamp_epoch: 8, ..first };
+    assert!(matches!(s.put_drops(&[other_epoch], 0).expect("put")[0], DropOutcome::Stored { .. }));
+}
+
+fn stamp_spent_within_batch<S: Store>(s: &S) {
+    let a = new_drop(tag_with_head(0xabcd_0000, 1), 1);
+    let a_twin = NewDrop { tag: tag_with_head(0x0000_0001, 2), bytes: b"twin".to_vec(), ..a.clone() };
+    let b = new_drop(tag_with_head(0xabcd_0000, 3), 3);
+    let out = s.put_drops(&[a.clone(), a_twin.clone(), b, a_twin], 0).expect("put");
+    let first = drop_stored(&out[0]);
+    assert_eq!(out[1], DropOutcome::Spent);
+    assert_eq!(drop_stored(&out[2]), first + 1, "a refused drop takes no number");
+    assert_eq!(out[3], DropOutcome::Spent);
+    assert_eq!(s.last_seq(), first + 1);
+    assert_eq!(s.drop_totals().expect("totals").records, 2);
+    assert_eq!(fetch(s, &prefix(32, 1), 0, 10, 0), Vec::new());
+    assert_eq!(fetch(s, &prefix(16, 0xabcd_0000), 0, 10, 0)[0].bytes, a.bytes);
+    // A batch of nothing but spent stamps assigns nothing.
+    assert_eq!(s.put_drops(&[a.clone(), a], 0).expect("put"), vec![DropOutcome::Spent; 2]);
+    assert_eq!(s.last_seq(), first + 1);
+}
+
+fn bucket_full_does_not_spend_the_stamp<S: Store>(s: &S) {
+    assert_eq!(DROP_BUCKET_BITS, 16);
+    // Bucket 0x1234: heads that differ only after the first 16 bits share it.
+    let in_bucket = |n: u64| new_drop(tag_with_head(0x1234_0000 | (mix(n) as u32 & 0xffff), n), n);
+    assert_eq!(drop_bucket(&in_bucket(1).tag), 0x1234);
+    put_drops_all(s, &[in_bucket(1), in_bucket(2)], 2);
+    let third = in_bucket(3);
+    assert_eq!(s.put_drops(std::slice::from_ref(&third), 2).expect("put"), vec![DropOutcome::BucketFull]);
+    assert!(!s.stamp_spent(7, &third.stamp_id).expect("spent"), "BucketFull spends nothing");
+    assert_eq!(s.drop_totals().expect("totals").records, 2);
+    // Neighbouring buckets (one bit apart, in the 16th bit or the first) are not full.
+    let next_bucket = NewDrop { tag: tag_with_head(0x1235_0000, 3), ..third.clone() };
+    let far_bucket = new_drop(tag_with_head(0x9234_0000, 4), 4);
+    let seqs = put_drops_all(s, &[next_bucket, far_bucket], 2);
+    assert!(s.stamp_spent(7, &third.stamp_id).expect("spent"), "the same stamp was usable elsewhere");
+    // A spent stamp into a full bucket is Spent (checked first).
+    let spent_into_full = NewDrop { tag: in_bucket(9).tag, ..third };
+    assert_eq!(s.put_drops(&[spent_into_full], 2).expect("put"), vec![DropOutcome::Spent]);
+    // Within one batch, drops stored earlier count against the cap; a BucketFull drop's stamp
+    // stays usable by a later drop of the same batch.
+    let fresh = |n: u64| new_drop(tag_with_head(0x7777_0000 + n as u32, n), n);
+    let retry_elsewhere = NewDrop { tag: tag_with_head(0x6666_0000, 99), ..fresh(12) };
+    let out = s.put_drops(&[fresh(10), fresh(11), fresh(12), retry_elsewhere], 2).expect("put");
+    assert!(matches!(out[0], DropOutcome::Stored { .. }) && matches!(out[1], DropOutcome::Stored { .. }));
+    assert_eq!(out[2], DropOutcome::BucketFull);
+    assert_eq!(drop_stored(&out[3]), drop_stored(&out[1]) + 1);
+    // A larger cap, and cap 0 (no cap), admit more to the same bucket.
+    assert!(matches!(s.put_drops(&[in_bucket(20)], 3).expect("put")[0], DropOutcome::Stored { .. }));
+    assert_eq!(s.put_drops(&[in_bucket(21)], 3).expect("put"), vec![DropOutcome::BucketFull]);
+    put_drops_all(s, &(30..40).map(in_bucket).collect::<Vec<_>>(), 0);
+    assert_eq!(fetch(s, &prefix(16, 0x1234_0000), 0, 100, 0).len(), 2 + 1 + 10);
+    assert!(seqs[1] > seqs[0]);
+}
+
+/// Drops spread over many buckets, with heads one bit away from `BASE` at every position, so
+/// that every prefix length has matching and non-matching neighbours.
+const BASE: u32 = 0xa5c3_5a3c;
+
+fn spread_drops(count: u64) -> Vec<NewDrop> {
+    (0..count)
+        .map(|n| {
+            let head = match n % 3 {
+                0 => BASE ^ 1u32.checked_shl((n / 3 % 33) as u32).unwrap_or(0),
+                1 => mix(n) as u32,
+                _ => {
+                    // BASE's first 32 - k bits, then k random bits.
+                    let k = (n / 3 % 32) as u32;
+                    BASE & (u32::MAX << k) | (mix(n) as u32).checked_shr(32 - k).unwrap_or(0)
+                }
+            };
+            let mut d = new_drop(tag_with_head(head, n), n);
+            if n % 7 == 3 {
+                d.expires_at = 500;
+            }
+            d
+        })
+        .collect()
+}
+
+fn fetch_drops_by_prefix<S: Store>(s: &S) {
+    let drops = spread_drops(450);
+    let mut all = Vec::new();
+    for (i, chunk) in drops.chunks(50).enumerate() {
+        // Records in between: drop sequence numbers have gaps.
+        put_one(s, rec(alice(), bob(), &format!("gap{i}")));
+        let seqs = put_drops_all(s, chunk, 0);
+        for (d, seq) in chunk.iter().zip(seqs) {
+            all.push(StoredDrop {
+                seq,
+                tag: d.tag,
+                stored_at: d.stored_at,
+                expires_at: d.expires_at,
+                drop_hash: d.drop_hash,
+                bytes: d.bytes.clone(),
+            });
+        }
+    }
+    let buckets: std::collections::HashSet<u16> = all.iter().map(|d| drop_bucket(&d.tag)).collect();
+    assert!(buckets.len() > 100, "tags cover many buckets");
+    for bits in [0u8, 1, 3, 4, 7, 8, 15, 16, 17, 31, 32] {
+        let mut prefixes = vec![prefix(bits, BASE), prefix(bits, mix(u64::from(bits)) as u32)];
+        if bits > 0 {
+            // The sibling of BASE's prefix: differs in its last bit.
+            prefixes.push(prefix(bits, BASE ^ (1 << (32 - u32::from(bits)))));
+        }
+        for p in prefixes {
+            for now in [0, 500] {
+                let expected: Vec<StoredDrop> =
+                    all.iter().filter(|d| p.matches(&d.tag) && d.expires_at > now).cloned().collect();
+                let got = fetch(s, &p, 0, 10_000, now);
+                assert_eq!(dseqs(&got), dseqs(&expected), "prefix {p} at {now}");
+                assert_eq!(got, expected, "prefix {p} at {now}: contents");
+                // Paging with a cursor returns the same, in pages of 3.
+                let mut paged = Vec::new();
+                let mut cursor = 0;
+                loop {
+                    let page = fetch(s, &p, cursor, 3, now);
+                    assert!(page.len() <= 3);
+                    let Some(last) = page.last() else { break };
+                    cursor = last.seq;
+                    paged.extend(page);
+                }
+                assert_eq!(dseqs(&paged), dseqs(&expected), "prefix {p} at {now}: paged");
+                // A cursor in the middle, and one between two matching drops.
+                if let Some(middle) = expected.get(expected.len() / 2) {
+                    let k = expected.len() / 2;
+                    assert_eq!(dseqs(&fetch(s, &p, middle.seq, 10_000, now)), dseqs(&expected[k + 1..]));
+                    assert_eq!(
+                        dseqs(&fetch(s, &p, middle.seq - 1, 2, now)),
+                        dseqs(&expected[k..(k + 2).min(expected.len())])
+                    );
+                }
+                assert_eq!(fetch(s, &p, 0, 0, now), Vec::new());
+                assert_eq!(fetch(s, &p, u64::MAX, 10, now), Vec::new());
+                assert_eq!(fetch(s, &p, s.last_seq(), 10, now), Vec::new());
+            }
+        }
+    }
+    // Sanity of the fixture: the long prefixes of BASE match several drops.
+    assert!(fetch(s, &prefix(32, BASE), 0, 10_000, 0).len() >= 10);
+    assert!(fetch(s, &prefix(17, BASE), 0, 10_000, 0).len() >= 20);
+}
+
+fn expired_drops<S: Store>(s: &S) {
+    let in_bucket = |n: u64, expires_at: u64| NewDrop {
+        expires_at,
+        bytes: vec![n as u8; 10],
+        ..new_drop(tag_with_head(0x4242_0000 + n as u32, n), n)
+    };
+    let seqs = put_drops_all(s, &[in_bucket(1, 200), in_bucket(2, 100), in_bucket(3, FOREVER)], 3);
+    let p = prefix(16, 0x4242_0000);
+    assert_eq!(dseqs(&fetch(s, &p, 0, 10, 99)), seqs);
+    assert_eq!(dseqs(&fetch(s, &p, 0, 10, 100)), vec![seqs[0], seqs[2]], "expires_at <= now is expired");
+    assert_eq!(dseqs(&fetch(s, &p, 0, 10, 200)), vec![seqs[2]]);
+    assert_eq!(dseqs(&fetch(s, &Prefix::EMPTY, 0, 10, 200)), vec![seqs[2]]);
+    // Expired but not removed: still counted against the bucket and in the totals.
+    assert_eq!(s.put_drops(&[in_bucket(4, FOREVER)], 3).expect("put"), vec![DropOutcome::BucketFull]);
+    assert_eq!(s.drop_totals().expect("totals"), Usage { records: 3, bytes: 30 });
+    assert_eq!(s.expire_drops(99, 10).expect("expire"), 0);
+    assert_eq!(s.expire_drops(150, 0).expect("expire"), 0);
+    assert_eq!(s.expire_drops(150, 10).expect("expire"), 1);
+    assert_eq!(s.drop_totals().expect("totals"), Usage { records: 2, bytes: 20 });
+    assert_eq!(dseqs(&fetch(s, &p, 0, 10, 0)), vec![seqs[0], seqs[2]], "removed everywhere");
+    assert_eq!(dseqs(&fetch(s, &Prefix::EMPTY, 0, 10, 0)), vec![seqs[0], seqs[2]]);
+    // The freed capacity is usable; the removed drop's stamp stays spent.
+    let seq4 = put_drops_all(s, &[in_bucket(4, 300)], 3)[0];
+    assert_eq!(s.put_drops(&[in_bucket(2, FOREVER)], 0).expect("put"), vec![DropOutcome::Spent]);
+    // Removal in (expires_at, seq) order, `limit` at a time.
+    assert_eq!(s.expire_drops(FOREVER - 1, 1).expect("expire"), 1);
+    assert_eq!(dseqs(&fetch(s, &p, 0, 10, 0)), vec![seqs[2], seq4]);
+    assert_eq!(s.expire_drops(FOREVER - 1, 10).expect("expire"), 1);
+    assert_eq!(dseqs(&fetch(s, &p, 0, 10, 0)), vec![seqs[2]]);
+    assert_eq!(s.expire_drops(FOREVER - 1, 10).expect("expire"), 0);
+    assert_eq!(s.drop_totals().expect("totals"), Usage { records: 1, bytes: 10 });
+    put_drops_all(s, &[in_bucket(5, 1), in_bucket(6, 1)], 3);
+    assert_eq!(s.put_drops(&[in_bucket(7, 1)], 3).expect("put"), vec![DropOutcome::BucketFull]);
+    // Records are not drops: `expire` leaves drops alone and `expire_drops` leaves records.
+    put_one(s, with(rec(alice(), bob(), "r"), |r| r.expires_at = 1));
+    assert_eq!(s.expire(1, 10).expect("expire"), 1);
+    assert_eq!(s.drop_totals().expect("totals").records, 3);
+    put_one(s, with(rec(alice(), bob(), "r"), |r| r.expires_at = 1));
+    assert_eq!(s.expire_drops(1, 10).expect("expire"), 2);
+    assert_eq!(s.totals().expect("totals").records, 1);
+    assert_eq!(s.drop_totals().expect("totals"), Usage { records: 1, bytes: 10 });
+}
+
+fn prune_stamps<S: Store>(s: &S) {
+    let stamped =
+        |epoch: u64, n: u64| NewDrop { stamp_epoch: epoch, ..new_drop(tag_with_head(n as u32, n), n) };
+    let drops: Vec<_> =
+        (1..=3u64).flat_map(|epoch| (0..4).map(move |i| stamped(epoch, epoch * 10 + i))).collect();
+    put_drops_all(s, &drops, 0);
+    assert_eq!(s.prune_stamps(1, 100).expect("prune"), 0, "no epoch below 1");
+    assert_eq!(s.prune_stamps(2, 0).expect("prune"), 0);
+    assert_eq!(s.prune_stamps(2, 100).expect("prune"), 4);
+    for d in &drops {
+        assert_eq!(
+            s.stamp_spent(d.stamp_epoch, &d.stamp_id).expect("spent"),
+            d.stamp_epoch >= 2,
+            "{}",
+            d.stamp_epoch
+        );
+    }
+    // `limit` at a time, oldest epoch first.
+    assert_eq!(s.prune_stamps(FOREVER, 3).expect("prune"), 3);
+    assert_eq!(drops.iter().filter(|d| s.stamp_spent(d.stamp_epoch, &d.stamp_id).expect("spent")).count(), 5);
+    assert!(drops[8..].iter().all(|d| s.stamp_spent(d.stamp_epoch, &d.stamp_id).expect("spent")));
+    assert_eq!(s.prune_stamps(3, 100).expect("prune"), 1);
+    assert_eq!(s.prune_stamps(3, 100).expect("prune"), 0);
+    // The drops stay; a forgotten stamp is no longer refused by the store (the relay refuses
+    // its epoch).
+    assert_eq!(s.drop_totals().expect("totals").records, 12);
+    assert_eq!(fetch(s, &Prefix::EMPTY, 0, 100, 0).len(), 12);
+    let reused = NewDrop { tag: tag_with_head(0xffff_ffff, 1), ..drops[0].clone() };
+    assert!(matches!(s.put_drops(&[reused], 0).expect("put")[0], DropOutcome::Stored { .. }));
+}
+
+fn charge_issuance<S: Store>(s: &S) {
+    let (a, b) = ([1u8; 32], [2u8; 32]);
+    assert_eq!(s.charge_issuance(&a, 100, 4, 10).expect("charge"), 4);
+    assert_eq!(s.charge_issuance(&a, 100, 4, 10).expect("charge"), 4);
+    assert_eq!(s.charge_issuance(&a, 100, 4, 10).expect("charge"), 2, "partial grant up to the maximum");
+    assert_eq!(s.charge_issuance(&a, 100, 1, 10).expect("charge"), 0, "used up");
+    assert_eq!(
+        s.charge_issuance(&a, 100, 5, 12).expect("charge"),
+        2,
+        "a raised maximum grants the difference"
+    );
+    assert_eq!(s.charge_issuance(&a, 100, 5, 3).expect("charge"), 0, "a lowered maximum grants nothing");
+    assert_eq!(s.charge_issuance(&a, 101, 7, 10).expect("charge"), 7, "per day");
+    assert_eq!(s.charge_issuance(&a, 99, 20, 10).expect("charge"), 10);
+    assert_eq!(s.charge_issuance(&b, 100, 3, 10).expect("charge"), 3, "per account");
+    assert_eq!(s.charge_issuance(&b, 100, 0, 10).expect("charge"), 0);
+    assert_eq!(s.charge_issuance(&b, 102, 5, 0).expect("charge"), 0);
+    assert_eq!(s.charge_issuance(&b, 100, u32::MAX, u32::MAX).expect("charge"), u32::MAX - 3);
+    assert_eq!(s.charge_issuance(&b, 100, 1, u32::MAX).expect("charge"), 0);
+    assert_eq!(s.charge_issuance(&a, 101, 3, 10).expect("charge"), 3);
+    assert_eq!(s.last_seq(), 0, "issuance assigns no sequence numbers");
+    assert_eq!(s.drop_totals().expect("totals"), Usage::default());
+}
+
+fn drops_and_records_share_the_sequence<S: Store>(s: &S) {
+    let r1 = put_one(s, rec(alice(), bob(), "r1"));
+    let d = put_drops_all(s, &[new_drop(tag_with_head(1, 1), 1), new_drop(tag_with_head(2, 2), 2)], 0);
+    let r2 = put_one(s, rec(alice(), bob(), "r2"));
+    let d3 = put_drops_all(s, &[new_drop(tag_with_head(3, 3), 3)], 0)[0];
+    assert_eq!(vec![r1, d[0], d[1], r2, d3], (r1..r1 + 5).collect::<Vec<_>>());
+    assert_eq!(s.last_seq(), d3);
+    // Removing the newest drop does not let its number be reused.
+    assert_eq!(s.prune_stamps(FOREVER, 100).expect("prune"), 3);
+    let short = NewDrop { expires_at: 5, ..new_drop(tag_with_head(4, 4), 4) };
+    let d4 = put_drops_all(s, &[short], 0)[0];
+    assert_eq!(s.expire_drops(5, 10).expect("expire"), 1);
+    assert_eq!(put_one(s, rec(alice(), bob(), "r3")), d4 + 1);
+    assert_eq!(s.totals().expect("totals").records, 3);
+    assert_eq!(s.drop_totals().expect("totals").records, 3);
+}
+
+fn concurrent_drops_spend_each_stamp_once<S: Store>(s: &S) {
+    const STAMPS: u64 = 40;
+    let stored: Vec<Vec<u64>> = std::thread::scope(|scope| {
+        let writers: Vec<_> = (0..3u64)
+            .map(|writer| {
+                scope.spawn(move || {
+                    let mut mine = Vec::new();
+                    for chunk in 0..STAMPS / 8 {
+                        // Every writer tries every stamp, under its own tags.
+                        let batch: Vec<_> = (chunk * 8..chunk * 8 + 8)
+                            .map(|n| NewDrop {
+                                tag: tag_with_head((writer as u32) << 28 | n as u32, n),
+                                ..new_drop(Tag([0; TAG_LEN]), n)
+                            })
+                            .collect();
+                        for (d, outcome) in batch.iter().zip(s.put_drops(&batch, 0).expect("put")) {
+                            if let DropOutcome::Stored { seq } = outcome {
+                                mine.push((seq, d.stamp_id));
+                            }
+                        }
+                        let _ = fetch(s, &prefix(4, (writer as u32) << 28), 0, 1_000, 0);
+                    }
+                    mine.into_iter().map(|(seq, _)| seq).collect::<Vec<u64>>()
+                })
+            })
+            .collect();
+        writers.into_iter().map(|w| w.join().expect("writer")).collect()
+    });
+    let mut all: Vec<u64> = stored.into_iter().flatten().collect();
+    assert_eq!(all.len() as u64, STAMPS, "each stamp stored exactly once");
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len() as u64, STAMPS);
+    assert_eq!(fetch(s, &Prefix::EMPTY, 0, 1_000, 0).len() as u64, STAMPS);
 }

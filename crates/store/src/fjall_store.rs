@@ -18,10 +18,45 @@
 //! | `usage`    | owner ‖ read_at ‖ commit number       | receiver ‖ u32 bytes ‖ var8(record id) |
 //! | `accounts` | account key                           | u8 status ‖ created_at ‖ max_bytes ‖ u32 max_records_per_day |
 //! | `owners`   | owner                                 | u64 records ‖ u64 bytes (absent = none) |
-//! | `meta`     | `format`, `commit`, `last_seq`, `totals` | `pigeonhole-store v1`, u64, u64, u64 records ‖ u64 bytes |
+//! | `drops`    | seq                                   | [20] tag ‖ stored_at ‖ expires_at ‖ drop_hash ‖ var32(bytes) |
+//! | `drop_prefix` | u8 g ‖ u32 (tag head masked to g bits) ‖ seq, for g = 4, 8, …, 32 | u32 tag head ‖ u64 expires_at |
+//! | `drop_expiry` | expires_at ‖ seq                   | (empty) |
+//! | `stamps`   | u64 epoch ‖ [32] stamp id             | seq of the drop that spent it |
+//! | `drop_buckets` | u16 bucket (first 16 tag bits)    | u64 live drops (absent = 0) |
+//! | `issuance` | [32] account ‖ u64 day                | u32 tokens issued |
+//! | `meta`     | `format`, `commit`, `last_seq`, `totals`, `drop_totals` | `pigeonhole-store v2`, u64, u64, u64 records ‖ u64 bytes, u64 drops ‖ u64 bytes |
 //!
-//! Records are keyed by their sequence number, so new records append to the end of the
-//! keyspace; reads are counted in `pulls` so that a read does not rewrite the record.
+//! Records and drops are keyed by their sequence number (one counter for both), so new ones
+//! append to the end of their keyspace; reads are counted in `pulls` so that a read does not
+//! rewrite the record. Spent stamps are keyed by epoch first, so forgetting old epochs is a
+//! scan of the start of `stamps`. Bucket counts and drop totals are written in the same batch
+//! as the drops they count, so a restart needs no rescan.
+//!
+//! # The drop prefix index
+//!
+//! A recipient fetches the drops whose tag starts with its prefix of L bits, 0 ≤ L ≤ 32, after
+//! a cursor. One index keyed by the tag head would serve a short prefix only by walking every
+//! tag under it in tag order, not in sequence order; one index keyed by L-bit bucket would
+//! need 33 entries per drop. `drop_prefix` keeps 8: one per granularity g ∈ {4, 8, …, 32},
+//! keyed `g ‖ head masked to g bits ‖ seq`. A query of L bits uses g = 4·⌊L/4⌋: it seeks to
+//! `g ‖ V masked ‖ after_seq + 1` and walks that g-bucket in sequence order, so the cursor costs
+//! one seek and a bucket is never scanned from its beginning. The entries of the g-bucket
+//! that do not match the last L − g (at most 3) bits are skipped on the index value alone
+//! (it holds the full head and the expiry, so skipped and expired drops are never loaded).
+//! Tags past the recipient's prefix are hash output, so about 2^(L−g) ≤ 8 small index
+//! entries are read per drop returned; a sender who crafts tags to crowd the neighbours of a
+//! prefix pays a stamp per drop, and costs a reader only those skipped 25-byte entries. For
+//! L < 4 (g = 0) the query walks `drops` itself from the cursor, filtering on the tag at the
+//! start of each value: such a prefix names at least 1/8 of the tag space. The price is 8
+//! index entries of 25 bytes per drop written, small beside a drop of a kilobyte; see
+//! `benches/store.rs`.
+//!
+//! # Format versions
+//!
+//! `meta/format` names the layout. v2 added the drop keyspaces and `meta/drop_totals`; a v1
+//! store is a v2 store without drops, so opening one upgrades it in place (its drop
+//! keyspaces must be empty; the marker and the zero drop totals are written in one durable
+//! batch). Any other version is refused.
 //!
 //! # Durability and the commit witness
 //!
@@ -51,28 +86,33 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode, Readable, Snapshot};
 use parking_lot::Mutex;
 use pigeonhole_proto::keys::PublicKey;
-use pigeonhole_proto::tag::Tag;
+use pigeonhole_proto::tag::{Prefix, TAG_LEN, Tag};
 
 use crate::codec::{
-    KEY_LEN, StoredMeta, be_u64, check_new_record, corrupted, decode_account, decode_pulls, decode_record,
-    decode_usage, decode_usage_counters, encode_account, encode_record, encode_usage, encode_usage_counters,
-    expiry_key, outbox_key, outbox_prefix, path_key, receiver_key, seq_key, seq_suffix, tag_key, usage_key,
-    usage_key_read_at,
+    DROP_INDEX_GRANULARITIES, KEY_LEN, StoredMeta, be_u32, be_u64, bucket_key, check_new_drop,
+    check_new_record, corrupted, decode_account, decode_drop, decode_drop_prefix, decode_pulls,
+    decode_record, decode_usage, decode_usage_counters, drop_prefix_bucket, drop_prefix_key,
+    drop_prefix_value, drop_value_tag, encode_account, encode_drop, encode_record, encode_usage,
+    encode_usage_counters, expiry_key, issuance_key, outbox_key, outbox_prefix, path_key, receiver_key,
+    seq_key, seq_suffix, stamp_key, tag_key, usage_key, usage_key_read_at,
 };
 use crate::{
-    Account, ListQuery, MAX_READ_BATCH, NewRecord, PutOutcome, ReadKey, ReadOutcome, RecordMeta, Store,
-    StoreError, StoredRecord, Usage, UsageRow,
+    Account, DropOutcome, ListQuery, MAX_READ_BATCH, NewDrop, NewRecord, PutOutcome, ReadKey, ReadOutcome,
+    RecordMeta, Store, StoreError, StoredDrop, StoredRecord, Usage, UsageRow, drop_bucket,
 };
 
 /// The format marker stored under `meta/format`.
-pub(crate) const FORMAT: &str = "pigeonhole-store v1";
+pub(crate) const FORMAT: &str = "pigeonhole-store v2";
 const FORMAT_PREFIX: &str = "pigeonhole-store v";
-const FORMAT_VERSION: u64 = 1;
+const FORMAT_VERSION: u64 = 2;
+/// The version before drops: upgraded in place on open (see the module documentation).
+const FORMAT_V1: &str = "pigeonhole-store v1";
 
 const FORMAT_KEY: &[u8] = b"format";
 const COMMIT_KEY: &[u8] = b"commit";
 const LAST_SEQ_KEY: &[u8] = b"last_seq";
 const TOTALS_KEY: &[u8] = b"totals";
+const DROP_TOTALS_KEY: &[u8] = b"drop_totals";
 
 /// File name of the commit witness inside the store directory.
 const WITNESS_FILE: &str = "pigeonhole-commit";
@@ -80,10 +120,29 @@ const WITNESS_MAGIC: &[u8; 8] = b"PHCOMMIT";
 /// The file fjall writes first when it creates a database.
 const FJALL_MARKER: &str = "version";
 
-const KEYSPACE_NAMES: [&str; 11] = [
-    "records", "paths", "outbox", "receiver", "expiry", "tags", "pulls", "usage", "accounts", "owners",
+const KEYSPACE_NAMES: [&str; 17] = [
+    "records",
+    "paths",
+    "outbox",
+    "receiver",
+    "expiry",
+    "tags",
+    "pulls",
+    "usage",
+    "accounts",
+    "owners",
+    "drops",
+    "drop_prefix",
+    "drop_expiry",
+    "stamps",
+    "drop_buckets",
+    "issuance",
     "meta",
 ];
+
+/// The keyspaces a v1 store did not have (empty when a v1 store is upgraded).
+const DROP_KEYSPACE_NAMES: [&str; 6] =
+    ["drops", "drop_prefix", "drop_expiry", "stamps", "drop_buckets", "issuance"];
 
 /// Tuning of the embedded backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,6 +174,12 @@ struct Keyspaces {
     usage: Keyspace,
     accounts: Keyspace,
     owners: Keyspace,
+    drops: Keyspace,
+    drop_prefix: Keyspace,
+    drop_expiry: Keyspace,
+    stamps: Keyspace,
+    drop_buckets: Keyspace,
+    issuance: Keyspace,
     meta: Keyspace,
 }
 
@@ -132,11 +197,17 @@ impl Keyspaces {
             usage: open("usage")?,
             accounts: open("accounts")?,
             owners: open("owners")?,
+            drops: open("drops")?,
+            drop_prefix: open("drop_prefix")?,
+            drop_expiry: open("drop_expiry")?,
+            stamps: open("stamps")?,
+            drop_buckets: open("drop_buckets")?,
+            issuance: open("issuance")?,
             meta: open("meta")?,
         })
     }
 
-    fn all(&self) -> [(&'static str, &Keyspace); 11] {
+    fn all(&self) -> [(&'static str, &Keyspace); 17] {
         [
             ("records", &self.records),
             ("paths", &self.paths),
@@ -148,6 +219,12 @@ impl Keyspaces {
             ("usage", &self.usage),
             ("accounts", &self.accounts),
             ("owners", &self.owners),
+            ("drops", &self.drops),
+            ("drop_prefix", &self.drop_prefix),
+            ("drop_expiry", &self.drop_expiry),
+            ("stamps", &self.stamps),
+            ("drop_buckets", &self.drop_buckets),
+            ("issuance", &self.issuance),
             ("meta", &self.meta),
         ]
     }
@@ -159,10 +236,13 @@ impl Keyspaces {
 /// Layout (one keyspace per table, big-endian integers in keys): `records` seq → record;
 /// `paths` owner‖receiver‖id → seq; `outbox` owner‖receiver‖seq; `receiver` receiver‖seq;
 /// `expiry` expires_at‖seq; `tags` tag‖seq; `pulls` seq → reads; `usage`
-/// owner‖read_at‖commit → read; `accounts`; `owners` owner → records‖bytes; `meta` (format
-/// `pigeonhole-store v1`, commit counter, last seq, totals).
+/// owner‖read_at‖commit → read; `accounts`; `owners` owner → records‖bytes; `drops` seq →
+/// drop; `drop_prefix` g‖masked head‖seq; `drop_expiry` expires_at‖seq; `stamps` epoch‖id;
+/// `drop_buckets` bucket → live drops; `issuance` account‖day → issued; `meta` (format
+/// `pigeonhole-store v2`, commit counter, last seq, totals, drop totals).
 ///
-/// Every write (`put_batch`, `read`, `delete`, `expire`, `put_account`) is one atomic batch,
+/// Every write (`put_batch`, `put_drops`, `read`, `delete`, `expire`, `expire_drops`,
+/// `prune_stamps`, `put_account`, `charge_issuance`) is one atomic batch,
 /// fsynced before it returns and before readers can see it; writes are serialized, reads run
 /// concurrently on snapshots. Once a write has failed (disk full, I/O error), the engine
 /// refuses every later write until the store is reopened; reads keep working. On open, a
@@ -332,6 +412,14 @@ struct Change<'a> {
     owners: HashMap<[u8; KEY_LEN], Usage>,
     totals: Usage,
     counters_changed: bool,
+    /// Drop totals and the bucket counts this change touches, loaded on first use.
+    drops: Option<DropCounters>,
+}
+
+/// The drop counters a [`Change`] updates, written once at commit.
+struct DropCounters {
+    totals: Usage,
+    buckets: HashMap<u16, u64>,
 }
 
 impl<'a> Change<'a> {
@@ -348,7 +436,77 @@ impl<'a> Change<'a> {
             owners: HashMap::new(),
             totals,
             counters_changed: false,
+            drops: None,
         })
+    }
+
+    fn drop_counters(&mut self) -> Result<&mut DropCounters, StoreError> {
+        let counters = match self.drops.take() {
+            Some(counters) => counters,
+            None => {
+                let totals = match self.snap.get(&self.ks.meta, DROP_TOTALS_KEY).map_err(fjall_error)? {
+                    Some(v) => decode_usage_counters(&v, "meta")?,
+                    None => return Err(corrupted("meta", "the drop totals are missing")),
+                };
+                DropCounters { totals, buckets: HashMap::new() }
+            }
+        };
+        Ok(self.drops.insert(counters))
+    }
+
+    /// The live drop count of `bucket`, as this change will leave it.
+    fn bucket(&mut self, bucket: u16) -> Result<&mut u64, StoreError> {
+        let known = self.drops.as_ref().is_some_and(|c| c.buckets.contains_key(&bucket));
+        let stored = if known {
+            0
+        } else {
+            match self.snap.get(&self.ks.drop_buckets, bucket_key(bucket)).map_err(fjall_error)? {
+                Some(v) => be_u64(&v, "drop_buckets")?,
+                None => 0,
+            }
+        };
+        Ok(self.drop_counters()?.buckets.entry(bucket).or_insert(stored))
+    }
+
+    /// Stores a drop under `seq` with its index entries and its spent stamp. The caller has
+    /// counted it in its bucket.
+    fn insert_drop(&mut self, seq: u64, drop: &NewDrop, stamp: [u8; 40]) -> Result<(), StoreError> {
+        let ks = self.ks;
+        let b = &mut self.batch;
+        let head = drop.tag.head();
+        b.insert(&ks.drops, seq_key(seq), encode_drop(drop));
+        for granularity in DROP_INDEX_GRANULARITIES {
+            b.insert(
+                &ks.drop_prefix,
+                drop_prefix_key(granularity, head, seq),
+                drop_prefix_value(head, drop.expires_at),
+            );
+        }
+        b.insert(&ks.drop_expiry, expiry_key(drop.expires_at, seq), []);
+        b.insert(&ks.stamps, stamp, seq_key(seq));
+        let totals = &mut self.drop_counters()?.totals;
+        totals.records += 1;
+        totals.bytes += drop.bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Removes a drop and its index entries, and uncounts it from its bucket and the totals.
+    fn remove_drop(&mut self, drop: &StoredDrop) -> Result<(), StoreError> {
+        let ks = self.ks;
+        let b = &mut self.batch;
+        let (seq, head) = (drop.seq, drop.tag.head());
+        b.remove(&ks.drops, seq_key(seq));
+        for granularity in DROP_INDEX_GRANULARITIES {
+            b.remove(&ks.drop_prefix, drop_prefix_key(granularity, head, seq));
+        }
+        b.remove(&ks.drop_expiry, expiry_key(drop.expires_at, seq));
+        // Saturating: a damaged counter must not stop deletions; `verify` reports it.
+        let live = self.bucket(drop_bucket(&drop.tag))?;
+        *live = live.saturating_sub(1);
+        let totals = &mut self.drop_counters()?.totals;
+        totals.records = totals.records.saturating_sub(1);
+        totals.bytes = totals.bytes.saturating_sub(drop.bytes.len() as u64);
+        Ok(())
     }
 
     fn owner(&mut self, owner: &PublicKey) -> Result<&mut Usage, StoreError> {
@@ -511,7 +669,7 @@ impl FjallStore {
         let witness = Witness::read(dir)?;
         let commit = match format {
             Some(format) => {
-                check_format(&format, dir)?;
+                let upgrade = check_format(&format, dir)?;
                 let commit = match snap.get(&ks.meta, COMMIT_KEY).map_err(fjall_error)? {
                     Some(v) => be_u64(&v, "meta")?,
                     None => return Err(corrupted("meta", "the commit counter is missing")),
@@ -533,6 +691,21 @@ impl FjallStore {
                             dir.display()
                         )));
                     }
+                }
+                if upgrade {
+                    // A v1 store never had drops: its drop keyspaces were just created empty.
+                    for (name, keyspace) in ks.all() {
+                        if DROP_KEYSPACE_NAMES.contains(&name) && snap.first_key_value(keyspace).is_some() {
+                            return Err(StoreError::Corrupted(format!(
+                                "{} is marked format v1 but keyspace `{name}` (added in v2) has data",
+                                dir.display()
+                            )));
+                        }
+                    }
+                    let mut batch = db.batch().durability(Some(PersistMode::SyncAll));
+                    batch.insert(&ks.meta, FORMAT_KEY, FORMAT);
+                    batch.insert(&ks.meta, DROP_TOTALS_KEY, encode_usage_counters(Usage::default()));
+                    batch.commit().map_err(fjall_error)?;
                 }
                 commit
             }
@@ -559,6 +732,7 @@ impl FjallStore {
                 batch.insert(&ks.meta, COMMIT_KEY, 0u64.to_be_bytes());
                 batch.insert(&ks.meta, LAST_SEQ_KEY, 0u64.to_be_bytes());
                 batch.insert(&ks.meta, TOTALS_KEY, encode_usage_counters(Usage::default()));
+                batch.insert(&ks.meta, DROP_TOTALS_KEY, encode_usage_counters(Usage::default()));
                 batch.commit().map_err(fjall_error)?;
                 Witness::create(dir, 0)?;
                 0
@@ -571,13 +745,19 @@ impl FjallStore {
             Some(v) => be_u64(&v, "meta")?,
             None => return Err(corrupted("meta", "the last sequence number is missing")),
         };
-        let highest = match snap.last_key_value(&ks.records) {
-            Some(guard) => be_u64(&guard.key().map_err(fjall_error)?, "records")?,
-            None => 0,
-        };
+        let mut highest = 0;
+        for (name, keyspace) in [("records", &ks.records), ("drops", &ks.drops)] {
+            if let Some(guard) = snap.last_key_value(keyspace) {
+                highest = highest.max(be_u64(&guard.key().map_err(fjall_error)?, name)?);
+            }
+        }
         if let Some(v) = snap.get(&ks.meta, TOTALS_KEY).map_err(fjall_error)? {
             decode_usage_counters(&v, "meta")?;
         }
+        match snap.get(&ks.meta, DROP_TOTALS_KEY).map_err(fjall_error)? {
+            Some(v) => decode_usage_counters(&v, "meta")?,
+            None => return Err(corrupted("meta", "the drop totals are missing")),
+        };
         drop(snap);
         let last_seq = stored_last.max(highest);
 
@@ -616,7 +796,7 @@ impl FjallStore {
         change: Change<'_>,
         last_seq: Option<u64>,
     ) -> Result<(), StoreError> {
-        let Change { ks, mut batch, owners, totals, counters_changed, .. } = change;
+        let Change { ks, mut batch, owners, totals, counters_changed, drops, .. } = change;
         let commit = state.commit + 1;
         if counters_changed {
             for (owner, usage) in owners {
@@ -627,6 +807,16 @@ impl FjallStore {
                 }
             }
             batch.insert(&ks.meta, TOTALS_KEY, encode_usage_counters(totals));
+        }
+        if let Some(DropCounters { totals, buckets }) = drops {
+            for (bucket, live) in buckets {
+                if live == 0 {
+                    batch.remove(&ks.drop_buckets, bucket_key(bucket));
+                } else {
+                    batch.insert(&ks.drop_buckets, bucket_key(bucket), live.to_be_bytes());
+                }
+            }
+            batch.insert(&ks.meta, DROP_TOTALS_KEY, encode_usage_counters(totals));
         }
         if let Some(seq) = last_seq {
             batch.insert(&ks.meta, LAST_SEQ_KEY, seq.to_be_bytes());
@@ -811,7 +1001,98 @@ impl FjallStore {
         if highest > self.last_seq() {
             return Err(corrupted("meta", "a record has a sequence number above the last one assigned"));
         }
+        self.verify_drops(&snap)?;
         Ok(totals)
+    }
+
+    /// The drop part of [`FjallStore::verify`]: every drop decodes and has exactly its index
+    /// entries, bucket counts and drop totals match the drops, spent stamps and issuance
+    /// counters are well-formed, and no drop or stamp names a number above the last assigned.
+    fn verify_drops(&self, snap: &Snapshot) -> Result<(), StoreError> {
+        let ks = &self.ks;
+        let mut totals = Usage::default();
+        let mut buckets: HashMap<u16, u64> = HashMap::new();
+        let last_seq = self.last_seq();
+        for guard in snap.iter(&ks.drops) {
+            let (key, value) = guard.into_inner().map_err(fjall_error)?;
+            let seq = be_u64(&key, "drops")?;
+            if seq > last_seq {
+                return Err(corrupted("drops", "a drop has a sequence number above the last one assigned"));
+            }
+            let drop = decode_drop(seq, &value)?;
+            let head = drop.tag.head();
+            for granularity in DROP_INDEX_GRANULARITIES {
+                let entry = snap
+                    .get(&ks.drop_prefix, drop_prefix_key(granularity, head, seq))
+                    .map_err(fjall_error)?;
+                if entry.as_deref() != Some(&drop_prefix_value(head, drop.expires_at)[..]) {
+                    return Err(corrupted("drop_prefix", format_args!("missing the entry of drop {seq}")));
+                }
+            }
+            if !snap.contains_key(&ks.drop_expiry, expiry_key(drop.expires_at, seq)).map_err(fjall_error)? {
+                return Err(corrupted("drop_expiry", format_args!("missing the entry of drop {seq}")));
+            }
+            *buckets.entry(drop_bucket(&drop.tag)).or_default() += 1;
+            totals.records += 1;
+            totals.bytes += drop.bytes.len() as u64;
+        }
+        let drops = usize::try_from(totals.records).unwrap_or(usize::MAX);
+        let mut count = 0usize;
+        for guard in snap.iter(&ks.drop_prefix) {
+            let (key, value) = guard.into_inner().map_err(fjall_error)?;
+            decode_drop_prefix(&key, &value)?;
+            count += 1;
+        }
+        if count != drops * DROP_INDEX_GRANULARITIES.len() {
+            return Err(corrupted("drop_prefix", format_args!("{count} entries for {drops} drops")));
+        }
+        let mut count = 0usize;
+        for guard in snap.iter(&ks.drop_expiry) {
+            let (key, value) = guard.into_inner().map_err(fjall_error)?;
+            if key.len() != 16 || !value.is_empty() {
+                return Err(corrupted("drop_expiry", "malformed entry"));
+            }
+            count += 1;
+        }
+        if count != drops {
+            return Err(corrupted("drop_expiry", format_args!("{count} entries for {drops} drops")));
+        }
+        for guard in snap.iter(&ks.drop_buckets) {
+            let (key, value) = guard.into_inner().map_err(fjall_error)?;
+            let bucket: [u8; 2] =
+                (*key).try_into().map_err(|_| corrupted("drop_buckets", "key is not a bucket"))?;
+            let stored = be_u64(&value, "drop_buckets")?;
+            if buckets.remove(&u16::from_be_bytes(bucket)) != Some(stored) {
+                return Err(corrupted("drop_buckets", "counts do not match the drops"));
+            }
+        }
+        if !buckets.is_empty() {
+            return Err(corrupted("drop_buckets", "counts missing for some buckets"));
+        }
+        for guard in snap.iter(&ks.stamps) {
+            let (key, value) = guard.into_inner().map_err(fjall_error)?;
+            if key.len() != 40 || be_u64(&value, "stamps")? > last_seq {
+                return Err(corrupted("stamps", "malformed entry"));
+            }
+        }
+        for guard in snap.iter(&ks.issuance) {
+            let (key, value) = guard.into_inner().map_err(fjall_error)?;
+            be_u32(&value, "issuance")?;
+            if key.len() != 40 {
+                return Err(corrupted("issuance", "malformed key"));
+            }
+        }
+        let stored = match snap.get(&ks.meta, DROP_TOTALS_KEY).map_err(fjall_error)? {
+            Some(v) => decode_usage_counters(&v, "meta")?,
+            None => return Err(corrupted("meta", "the drop totals are missing")),
+        };
+        if stored != totals {
+            return Err(corrupted(
+                "meta",
+                format_args!("drop totals {stored:?} but drops add up to {totals:?}"),
+            ));
+        }
+        Ok(())
     }
 
     /// Looks up the live record at a path as of `snap`.
@@ -836,14 +1117,20 @@ impl FjallStore {
     }
 }
 
-fn check_format(format: &[u8], dir: &Path) -> Result<(), StoreError> {
+/// Checks the format marker: `Ok(false)` for the current format, `Ok(true)` for v1 (to be
+/// upgraded in place), an error for anything else.
+fn check_format(format: &[u8], dir: &Path) -> Result<bool, StoreError> {
     if format == FORMAT.as_bytes() {
-        return Ok(());
+        return Ok(false);
+    }
+    if format == FORMAT_V1.as_bytes() {
+        return Ok(true);
     }
     let text = String::from_utf8_lossy(format);
     if let Some(version) = text.strip_prefix(FORMAT_PREFIX).and_then(|v| v.parse::<u64>().ok()) {
         return Err(StoreError::Corrupted(format!(
-            "{} holds a store of format v{version}; this build reads only v{FORMAT_VERSION}",
+            "{} holds a store of format v{version}; this build reads v1 (upgrading it) and \
+             v{FORMAT_VERSION}",
             dir.display()
         )));
     }
@@ -1197,6 +1484,190 @@ impl Store for FjallStore {
     fn last_seq(&self) -> u64 {
         self.last_seq.load(Ordering::Acquire)
     }
+
+    fn put_drops(&self, batch: &[NewDrop], bucket_cap: u32) -> Result<Vec<DropOutcome>, StoreError> {
+        for drop in batch {
+            check_new_drop(drop)?;
+        }
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut state = self.write.lock();
+        let mut change = Change::new(self)?;
+        let mut next = state.last_seq;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        // Stamps spent by earlier drops of this batch (not yet in the snapshot).
+        let mut spent_here: HashSet<[u8; 40]> = HashSet::new();
+        for drop in batch {
+            let stamp = stamp_key(drop.stamp_epoch, &drop.stamp_id);
+            if spent_here.contains(&stamp)
+                || change.snap.contains_key(&self.ks.stamps, stamp).map_err(fjall_error)?
+            {
+                outcomes.push(DropOutcome::Spent);
+                continue;
+            }
+            let live = change.bucket(drop_bucket(&drop.tag))?;
+            if bucket_cap != 0 && *live >= u64::from(bucket_cap) {
+                outcomes.push(DropOutcome::BucketFull);
+                continue;
+            }
+            *live += 1;
+            next += 1;
+            change.insert_drop(next, drop, stamp)?;
+            spent_here.insert(stamp);
+            outcomes.push(DropOutcome::Stored { seq: next });
+        }
+        if next != state.last_seq {
+            self.commit(&mut state, change, Some(next))?;
+        }
+        Ok(outcomes)
+    }
+
+    fn stamp_spent(&self, epoch: u64, stamp_id: &[u8; 32]) -> Result<bool, StoreError> {
+        self.ks.stamps.contains_key(stamp_key(epoch, stamp_id)).map_err(fjall_error)
+    }
+
+    fn fetch_drops(
+        &self,
+        prefix: &Prefix,
+        after_seq: u64,
+        limit: usize,
+        now: u64,
+    ) -> Result<Vec<StoredDrop>, StoreError> {
+        let Some(from) = after_seq.checked_add(1) else { return Ok(Vec::new()) };
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        let snap = self.db.snapshot();
+        let granularity = prefix.bits() / 4 * 4;
+        if granularity == 0 {
+            // A prefix of fewer than 4 bits names at least 1/8 of all tags: walk the drops.
+            for guard in snap.range(&self.ks.drops, seq_key(from)..) {
+                let (key, value) = guard.into_inner().map_err(fjall_error)?;
+                if !prefix.matches(&drop_value_tag(&value)?) {
+                    continue;
+                }
+                let drop = decode_drop(be_u64(&key, "drops")?, &value)?;
+                if drop.expires_at <= now {
+                    continue;
+                }
+                out.push(drop);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+            return Ok(out);
+        }
+        let bucket = drop_prefix_bucket(granularity, prefix.value());
+        let (start, end) = seq_range(&bucket, from);
+        for guard in snap.range(&self.ks.drop_prefix, start..=end) {
+            let (key, value) = guard.into_inner().map_err(fjall_error)?;
+            let entry = decode_drop_prefix(&key, &value)?;
+            if entry.expires_at <= now || !prefix.matches(&head_tag(entry.head)) {
+                continue;
+            }
+            let seq = entry.seq;
+            let value = snap
+                .get(&self.ks.drops, seq_key(seq))
+                .map_err(fjall_error)?
+                .ok_or_else(|| corrupted("drop_prefix", format_args!("entry for seq {seq} has no drop")))?;
+            let drop = decode_drop(seq, &value)?;
+            if drop.tag.head() != entry.head || drop.expires_at != entry.expires_at {
+                return Err(corrupted("drop_prefix", format_args!("entry for seq {seq} names another drop")));
+            }
+            out.push(drop);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn expire_drops(&self, now: u64, limit: usize) -> Result<usize, StoreError> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        let mut state = self.write.lock();
+        let mut change = Change::new(self)?;
+        let mut due = Vec::new();
+        for guard in change.snap.range(&self.ks.drop_expiry, ..=expiry_key(now, u64::MAX)).take(limit) {
+            let key = guard.key().map_err(fjall_error)?;
+            due.push(seq_suffix(&key, "drop_expiry")?);
+        }
+        for &seq in &due {
+            let value =
+                change.snap.get(&self.ks.drops, seq_key(seq)).map_err(fjall_error)?.ok_or_else(|| {
+                    corrupted("drop_expiry", format_args!("entry for seq {seq} has no drop"))
+                })?;
+            let drop = decode_drop(seq, &value)?;
+            change.remove_drop(&drop)?;
+        }
+        if !due.is_empty() {
+            self.commit(&mut state, change, None)?;
+        }
+        Ok(due.len())
+    }
+
+    fn prune_stamps(&self, before_epoch: u64, limit: usize) -> Result<usize, StoreError> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        let mut state = self.write.lock();
+        let mut change = Change::new(self)?;
+        // Stamp keys start with the epoch: every key below the bare epoch is of an older one.
+        let mut due = Vec::new();
+        for guard in change.snap.range(&self.ks.stamps, ..before_epoch.to_be_bytes()).take(limit) {
+            due.push(guard.key().map_err(fjall_error)?);
+        }
+        for key in &due {
+            change.batch.remove(&self.ks.stamps, key.clone());
+        }
+        if !due.is_empty() {
+            self.commit(&mut state, change, None)?;
+        }
+        Ok(due.len())
+    }
+
+    fn drop_totals(&self) -> Result<Usage, StoreError> {
+        match self.ks.meta.get(DROP_TOTALS_KEY).map_err(fjall_error)? {
+            Some(v) => decode_usage_counters(&v, "meta"),
+            None => Err(corrupted("meta", "the drop totals are missing")),
+        }
+    }
+
+    fn charge_issuance(
+        &self,
+        account: &[u8; 32],
+        day: u64,
+        count: u32,
+        max_per_day: u32,
+    ) -> Result<u32, StoreError> {
+        if count == 0 {
+            return Ok(0);
+        }
+        let mut state = self.write.lock();
+        let mut change = Change::new(self)?;
+        let key = issuance_key(account, day);
+        let issued = match change.snap.get(&self.ks.issuance, key).map_err(fjall_error)? {
+            Some(v) => be_u32(&v, "issuance")?,
+            None => 0,
+        };
+        let granted = count.min(max_per_day.saturating_sub(issued));
+        if granted == 0 {
+            return Ok(0);
+        }
+        change.batch.insert(&self.ks.issuance, key, (issued + granted).to_be_bytes());
+        self.commit(&mut state, change, None)?;
+        Ok(granted)
+    }
+}
+
+/// A tag with `head` as its first 32 bits (all a [`Prefix`] looks at).
+fn head_tag(head: u32) -> Tag {
+    let mut tag = [0u8; TAG_LEN];
+    tag[..4].copy_from_slice(&head.to_be_bytes());
+    Tag(tag)
 }
 
 #[cfg(test)]

@@ -5,10 +5,12 @@
 //! A store keeps outbox records under `/owner/outbox/receiver/recordId`, assigns each a
 //! monotonic sequence number, indexes them by path, by outbox and sequence, by expiry and by
 //! tag, counts reads against a pull limit, keeps the usage log that usage reports are built
-//! from, and holds relay accounts. It knows nothing of HTTP, signatures or policy.
+//! from, and holds relay accounts. It also keeps *drops* (anonymous sealed envelopes posted
+//! under a 160-bit tag, fetched by tag prefix), the postage stamps they spent, per-bucket
+//! drop counts, and postage issuance counters. It knows nothing of HTTP, signatures or policy.
 
 use pigeonhole_proto::keys::PublicKey;
-use pigeonhole_proto::tag::Tag;
+use pigeonhole_proto::tag::{Prefix, Tag};
 
 mod codec;
 #[cfg(any(test, feature = "conformance"))]
@@ -185,13 +187,74 @@ pub struct Account {
     pub max_records_per_day: u32,
 }
 
-/// Totals over the store, or over one owner's outboxes.
+/// Totals over the store, over one owner's outboxes, or over drops ([`Store::drop_totals`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
-    /// Records stored.
+    /// Records (or drops) stored.
     pub records: u64,
-    /// Bytes of record data stored.
+    /// Bytes of record (or drop) data stored.
     pub bytes: u64,
+}
+
+/// Bits of a tag that name its bucket: the unit of [`Store::put_drops`]'s `bucket_cap` (the
+/// first 16 bits, so 65,536 buckets).
+pub const DROP_BUCKET_BITS: u8 = 16;
+
+/// The bucket of a tag: its first [`DROP_BUCKET_BITS`] bits.
+pub fn drop_bucket(tag: &Tag) -> u16 {
+    (tag.head() >> (32 - u32::from(DROP_BUCKET_BITS))) as u16
+}
+
+/// A drop accepted by the relay, ready to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDrop {
+    /// The drop's 160-bit tag (indexed by prefix).
+    pub tag: Tag,
+    /// The postage stamp's epoch (spent stamps are kept per epoch and pruned by epoch).
+    pub stamp_epoch: u64,
+    /// The postage stamp's spent id (unique per stamp).
+    pub stamp_id: [u8; 32],
+    /// When the relay accepted it (unix ms).
+    pub stored_at: u64,
+    /// When it expires (unix ms).
+    pub expires_at: u64,
+    /// SHA-256 of the envelope (for receipts).
+    pub drop_hash: [u8; 32],
+    /// The sealed envelope, opaque to the store.
+    pub bytes: Vec<u8>,
+}
+
+/// What happened to one drop of a [`Store::put_drops`] batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropOutcome {
+    /// Stored, and its stamp recorded as spent.
+    Stored {
+        /// The assigned sequence number (from the same counter as records).
+        seq: u64,
+    },
+    /// The stamp was already spent (earlier, or by an earlier drop of this batch): nothing
+    /// stored.
+    Spent,
+    /// The drop's bucket already holds `bucket_cap` live drops: nothing stored, and the stamp
+    /// is **not** spent.
+    BucketFull,
+}
+
+/// A stored drop, as [`Store::fetch_drops`] returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredDrop {
+    /// Sequence number (shared with records).
+    pub seq: u64,
+    /// The drop's tag.
+    pub tag: Tag,
+    /// Accepted at (unix ms).
+    pub stored_at: u64,
+    /// Expires at (unix ms).
+    pub expires_at: u64,
+    /// SHA-256 of the envelope.
+    pub drop_hash: [u8; 32],
+    /// The sealed envelope.
+    pub bytes: Vec<u8>,
 }
 
 /// Why a store operation failed.
@@ -300,6 +363,59 @@ pub trait Store: Send + Sync + 'static {
     /// Records and bytes stored in total (for metrics).
     fn totals(&self) -> Result<Usage, StoreError>;
 
-    /// The highest sequence number ever assigned (0 if none).
+    /// The highest sequence number ever assigned (0 if none), to records or drops.
     fn last_seq(&self) -> u64;
+
+    /// Stores drops atomically and **durably** (the same guarantee as [`Store::put_batch`]:
+    /// when `Ok` returns, every `Stored` drop *and* its spent stamp survive kill -9). In batch
+    /// order, per drop:
+    /// - [`DropOutcome::Spent`] if its stamp (epoch and id) is already recorded as spent, or
+    ///   was spent by an earlier drop of this batch;
+    /// - else [`DropOutcome::BucketFull`] if the drop's bucket (the first
+    ///   [`DROP_BUCKET_BITS`] bits of its tag) already holds `bucket_cap` live drops
+    ///   (0 = no cap);
+    /// - else the stamp is recorded as spent, the drop gets the next sequence number (the same
+    ///   counter as records, so [`Store::last_seq`] covers both) and is stored.
+    ///
+    /// A drop counts against its bucket from when it is stored until [`Store::expire_drops`]
+    /// removes it (an expired drop not yet removed still counts, as expired
+    /// records count in [`Store::totals`]).
+    fn put_drops(&self, batch: &[NewDrop], bucket_cap: u32) -> Result<Vec<DropOutcome>, StoreError>;
+
+    /// Whether a stamp is recorded as spent (an early check; [`Store::put_drops`] is the
+    /// authority).
+    fn stamp_spent(&self, epoch: u64, stamp_id: &[u8; 32]) -> Result<bool, StoreError>;
+
+    /// Drops whose tag matches `prefix` ([`Prefix::matches`]) with `seq > after_seq`, in
+    /// sequence order, not expired at `now`, at most `limit`.
+    fn fetch_drops(
+        &self,
+        prefix: &Prefix,
+        after_seq: u64,
+        limit: usize,
+        now: u64,
+    ) -> Result<Vec<StoredDrop>, StoreError>;
+
+    /// Deletes up to `limit` drops with `expires_at <= now`, in `(expires_at, seq)` order,
+    /// freeing their bucket capacity; returns how many.
+    fn expire_drops(&self, now: u64, limit: usize) -> Result<usize, StoreError>;
+
+    /// Forgets up to `limit` spent stamps of epochs `< before_epoch` (the relay refuses their
+    /// stamps by epoch anyway), oldest epoch first; returns how many.
+    fn prune_stamps(&self, before_epoch: u64, limit: usize) -> Result<usize, StoreError>;
+
+    /// Drops stored (expired or not, until removed) and their bytes, in [`Usage`]'s `records`
+    /// and `bytes` (for metrics and disk accounting).
+    fn drop_totals(&self) -> Result<Usage, StoreError>;
+
+    /// Postage issuance quota: durably adds up to `count` to `account`'s tokens issued on
+    /// `day` without going over `max_per_day`; returns how many were granted (0 = used up).
+    /// `account` is a 32-byte key (an account's public key bytes).
+    fn charge_issuance(
+        &self,
+        account: &[u8; 32],
+        day: u64,
+        count: u32,
+        max_per_day: u32,
+    ) -> Result<u32, StoreError>;
 }

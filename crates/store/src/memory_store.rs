@@ -1,15 +1,15 @@
 //! [`MemoryStore`]: the [`Store`] semantics on in-memory ordered maps, for engine unit tests.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use parking_lot::RwLock;
 use pigeonhole_proto::keys::PublicKey;
-use pigeonhole_proto::tag::{TAG_LEN, Tag};
+use pigeonhole_proto::tag::{Prefix, TAG_LEN, Tag};
 
-use crate::codec::check_new_record;
+use crate::codec::{check_new_drop, check_new_record};
 use crate::{
-    Account, ListQuery, MAX_READ_BATCH, NewRecord, PutOutcome, ReadKey, ReadOutcome, RecordMeta, Store,
-    StoreError, StoredRecord, Usage, UsageRow,
+    Account, DropOutcome, ListQuery, MAX_READ_BATCH, NewDrop, NewRecord, PutOutcome, ReadKey, ReadOutcome,
+    RecordMeta, Store, StoreError, StoredDrop, StoredRecord, Usage, UsageRow, drop_bucket,
 };
 
 type Key = [u8; 32];
@@ -56,6 +56,17 @@ struct Inner {
     accounts: HashMap<Key, Account>,
     owners: HashMap<Key, Usage>,
     totals: Usage,
+    /// Drops by sequence number; a prefix query scans them all (the model, not the fast path).
+    drops: BTreeMap<u64, StoredDrop>,
+    /// (expires_at, seq) of every drop.
+    drop_expiry: BTreeSet<(u64, u64)>,
+    /// Spent stamps: (epoch, stamp id).
+    stamps: BTreeSet<(u64, [u8; 32])>,
+    /// Live drops per bucket (absent = 0).
+    buckets: HashMap<u16, u64>,
+    drop_totals: Usage,
+    /// (account, day) → tokens issued.
+    issuance: HashMap<(Key, u64), u32>,
 }
 
 fn path_of(owner: &PublicKey, receiver: &PublicKey, record_id: &str) -> (Key, Key, String) {
@@ -339,6 +350,112 @@ impl Store for MemoryStore {
 
     fn last_seq(&self) -> u64 {
         self.inner.read().last_seq
+    }
+
+    fn put_drops(&self, batch: &[NewDrop], bucket_cap: u32) -> Result<Vec<DropOutcome>, StoreError> {
+        for drop in batch {
+            check_new_drop(drop)?;
+        }
+        let mut inner = self.inner.write();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for drop in batch {
+            if inner.stamps.contains(&(drop.stamp_epoch, drop.stamp_id)) {
+                outcomes.push(DropOutcome::Spent);
+                continue;
+            }
+            let bucket = drop_bucket(&drop.tag);
+            let live = inner.buckets.get(&bucket).copied().unwrap_or(0);
+            if bucket_cap != 0 && live >= u64::from(bucket_cap) {
+                outcomes.push(DropOutcome::BucketFull);
+                continue;
+            }
+            inner.stamps.insert((drop.stamp_epoch, drop.stamp_id));
+            inner.last_seq += 1;
+            let seq = inner.last_seq;
+            *inner.buckets.entry(bucket).or_default() += 1;
+            inner.drop_totals.records += 1;
+            inner.drop_totals.bytes += drop.bytes.len() as u64;
+            inner.drop_expiry.insert((drop.expires_at, seq));
+            let stored = StoredDrop {
+                seq,
+                tag: drop.tag,
+                stored_at: drop.stored_at,
+                expires_at: drop.expires_at,
+                drop_hash: drop.drop_hash,
+                bytes: drop.bytes.clone(),
+            };
+            inner.drops.insert(seq, stored);
+            outcomes.push(DropOutcome::Stored { seq });
+        }
+        Ok(outcomes)
+    }
+
+    fn stamp_spent(&self, epoch: u64, stamp_id: &[u8; 32]) -> Result<bool, StoreError> {
+        Ok(self.inner.read().stamps.contains(&(epoch, *stamp_id)))
+    }
+
+    fn fetch_drops(
+        &self,
+        prefix: &Prefix,
+        after_seq: u64,
+        limit: usize,
+        now: u64,
+    ) -> Result<Vec<StoredDrop>, StoreError> {
+        let inner = self.inner.read();
+        let Some(start) = after_seq.checked_add(1) else { return Ok(Vec::new()) };
+        Ok(inner
+            .drops
+            .range(start..)
+            .map(|(_, d)| d)
+            .filter(|d| prefix.matches(&d.tag) && d.expires_at > now)
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    fn expire_drops(&self, now: u64, limit: usize) -> Result<usize, StoreError> {
+        let mut inner = self.inner.write();
+        let due: Vec<u64> = inner.drop_expiry.range(..=(now, u64::MAX)).take(limit).map(|k| k.1).collect();
+        for &seq in &due {
+            let Some(drop) = inner.drops.remove(&seq) else { continue };
+            inner.drop_expiry.remove(&(drop.expires_at, seq));
+            let bucket = drop_bucket(&drop.tag);
+            if let Some(count) = inner.buckets.get_mut(&bucket) {
+                *count -= 1;
+                if *count == 0 {
+                    inner.buckets.remove(&bucket);
+                }
+            }
+            inner.drop_totals.records -= 1;
+            inner.drop_totals.bytes -= drop.bytes.len() as u64;
+        }
+        Ok(due.len())
+    }
+
+    fn prune_stamps(&self, before_epoch: u64, limit: usize) -> Result<usize, StoreError> {
+        let mut inner = self.inner.write();
+        let due: HashSet<(u64, [u8; 32])> =
+            inner.stamps.range(..(before_epoch, [0; 32])).take(limit).copied().collect();
+        inner.stamps.retain(|stamp| !due.contains(stamp));
+        Ok(due.len())
+    }
+
+    fn drop_totals(&self) -> Result<Usage, StoreError> {
+        Ok(self.inner.read().drop_totals)
+    }
+
+    fn charge_issuance(
+        &self,
+        account: &[u8; 32],
+        day: u64,
+        count: u32,
+        max_per_day: u32,
+    ) -> Result<u32, StoreError> {
+        let mut inner = self.inner.write();
+        let issued = inner.issuance.entry((*account, day)).or_default();
+        let granted = count.min(max_per_day.saturating_sub(*issued));
+        *issued += granted;
+        Ok(granted)
     }
 }
 
