@@ -1803,6 +1803,180 @@ mod tests {
         }
     }
 
+    fn sample_drop(n: u64, head: u32, expires_at: u64) -> NewDrop {
+        NewDrop {
+            tag: Prefix::truncate(32, head).expect("ok").apply(&[n as u8; TAG_LEN]),
+            stamp_epoch: n % 3,
+            stamp_id: [n as u8; 32],
+            stored_at: 1,
+            expires_at,
+            drop_hash: [n as u8 ^ 0x55; 32],
+            bytes: vec![n as u8; 100 + n as usize],
+        }
+    }
+
+    #[test]
+    fn drops_stamps_and_counts_survive_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("store");
+        let drops: Vec<_> = (0..20u64)
+            .map(|n| sample_drop(n, 0xabcd_0000 | n as u32, if n < 5 { 50 } else { u64::MAX }))
+            .collect();
+        let (seqs, last) = {
+            let store = FjallStore::open(&path).expect("open");
+            fill(&store, 1, 3, 10);
+            let seqs: Vec<u64> = store
+                .put_drops(&drops, 20)
+                .expect("put")
+                .iter()
+                .map(|o| match o {
+                    DropOutcome::Stored { seq } => *seq,
+                    other => panic!("{other:?}"),
+                })
+                .collect();
+            assert_eq!(store.charge_issuance(&[9; 32], 3, 5, 8).expect("charge"), 5);
+            store.verify().expect("verify");
+            (seqs, store.last_seq())
+        };
+        assert_eq!(last, seqs[19]);
+        for round in 0..3u64 {
+            let store = FjallStore::open(&path).expect("reopen");
+            assert_eq!(store.last_seq(), last + round, "numbering continues after the drops");
+            for d in &drops {
+                assert!(store.stamp_spent(d.stamp_epoch, &d.stamp_id).expect("spent"));
+            }
+            // The bucket is still full: its count survived.
+            let extra = sample_drop(100 + round, 0xabcd_ffff, u64::MAX);
+            assert_eq!(
+                store.put_drops(std::slice::from_ref(&extra), 20).expect("put"),
+                vec![DropOutcome::BucketFull]
+            );
+            assert_eq!(store.put_drops(&[drops[7].clone()], 0).expect("put"), vec![DropOutcome::Spent]);
+            let got = store
+                .fetch_drops(&Prefix::truncate(16, 0xabcd_0000).expect("ok"), 0, 100, 60)
+                .expect("fetch");
+            assert_eq!(got.iter().map(|d| d.seq).collect::<Vec<_>>(), seqs[5..]);
+            assert_eq!(got[0].bytes, drops[5].bytes);
+            assert_eq!(
+                store.charge_issuance(&[9; 32], 3, 5, 8).expect("charge"),
+                if round == 0 { 3 } else { 0 }
+            );
+            assert_eq!(store.verify().expect("verify"), store.totals().expect("totals"));
+            // A record takes the next number, above every drop.
+            let seq = stored_seq(&store.put_batch(&[record(9, &format!("d{round}"), 10)]).expect("put")[0]);
+            assert_eq!(seq, last + round + 1);
+        }
+        let store = FjallStore::open(&path).expect("reopen");
+        assert_eq!(store.drop_totals().expect("totals").records, 20);
+        assert_eq!(store.expire_drops(50, 100).expect("expire"), 5);
+        store.verify().expect("verify");
+        drop_store_and_reopen(store, &path, |store| {
+            assert_eq!(store.drop_totals().expect("totals").records, 15);
+            // Five places freed in the bucket.
+            let more: Vec<_> = (200..206u64).map(|n| sample_drop(n, 0xabcd_1234, u64::MAX)).collect();
+            let out = store.put_drops(&more, 20).expect("put");
+            assert_eq!(out.iter().filter(|o| matches!(o, DropOutcome::Stored { .. })).count(), 5);
+            assert_eq!(out[5], DropOutcome::BucketFull);
+            store.verify().expect("verify");
+        });
+    }
+
+    fn drop_store_and_reopen(store: FjallStore, path: &Path, f: impl FnOnce(&FjallStore)) {
+        std::mem::drop(store);
+        let store = FjallStore::open(path).expect("reopen");
+        f(&store);
+    }
+
+    #[test]
+    fn drops_flushed_to_tables_verify_and_fetch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let drops: Vec<_> =
+            (0..200u64).map(|n| sample_drop(n, (n as u32).wrapping_mul(0x9e37_79b9), u64::MAX)).collect();
+        {
+            let store = FjallStore::open(dir.path()).expect("open");
+            store.put_drops(&drops, 0).expect("put");
+            for (_, ks) in store.ks.all() {
+                ks.rotate_memtable_and_wait().expect("flush");
+            }
+        }
+        let store =
+            FjallStore::open_with(dir.path(), FjallConfig { verify_on_open: true, ..Default::default() })
+                .expect("reopen");
+        for d in drops.iter().step_by(17) {
+            for bits in [3, 9, 32] {
+                let prefix = Prefix::truncate(bits, d.tag.head()).expect("ok");
+                let got = store.fetch_drops(&prefix, 0, 1_000, 0).expect("fetch");
+                assert!(got.iter().any(|g| g.tag == d.tag && g.bytes == d.bytes));
+                assert!(got.iter().all(|g| prefix.matches(&g.tag)));
+            }
+        }
+    }
+
+    #[test]
+    fn verify_finds_damaged_drop_indexes() {
+        for damage in ["prefix", "bucket", "totals", "expiry"] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            {
+                let store = FjallStore::open(dir.path()).expect("open");
+                store
+                    .put_drops(&[sample_drop(1, 0x1234_5678, 9), sample_drop(2, 0x1234_0000, 9)], 0)
+                    .expect("put");
+            }
+            with_raw_db(dir.path(), |db| {
+                let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).expect("ks");
+                match damage {
+                    "prefix" => {
+                        ks("drop_prefix").remove(drop_prefix_key(12, 0x1234_5678, 1)).expect("remove")
+                    }
+                    "bucket" => {
+                        ks("drop_buckets").insert(bucket_key(0x1234), 3u64.to_be_bytes()).expect("insert")
+                    }
+                    "totals" => ks("meta")
+                        .insert(DROP_TOTALS_KEY, encode_usage_counters(Usage { records: 2, bytes: 1 }))
+                        .expect("insert"),
+                    _ => ks("drop_expiry").remove(expiry_key(9, 2)).expect("remove"),
+                }
+            });
+            let store = FjallStore::open(dir.path()).expect("opens: the damage is in the data");
+            assert!(matches!(store.verify(), Err(StoreError::Corrupted(_))), "{damage}");
+        }
+    }
+
+    #[test]
+    fn upgrades_a_v1_store_in_place() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let records = fill(&FjallStore::open(dir.path()).expect("create"), 2, 5, 100);
+        // What a v1 build left: its marker, no drop totals, no drop keyspaces.
+        with_raw_db(dir.path(), |db| {
+            let meta = db.keyspace("meta", KeyspaceCreateOptions::default).expect("meta");
+            meta.insert(FORMAT_KEY, FORMAT_V1).expect("insert");
+            meta.remove(DROP_TOTALS_KEY).expect("remove");
+            for name in DROP_KEYSPACE_NAMES {
+                let keyspace = db.keyspace(name, KeyspaceCreateOptions::default).expect("ks");
+                db.delete_keyspace(keyspace).expect("delete keyspace");
+            }
+        });
+        let store = FjallStore::open(dir.path()).expect("a v1 store opens");
+        assert_eq!(store.ks.meta.get(FORMAT_KEY).expect("get").as_deref(), Some(FORMAT.as_bytes()));
+        assert_eq!(store.drop_totals().expect("totals"), Usage::default());
+        assert_eq!(store.verify().expect("verify").records, records.len() as u64);
+        let seq = match store.put_drops(&[sample_drop(1, 1, u64::MAX)], 0).expect("put")[0] {
+            DropOutcome::Stored { seq } => seq,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(seq, records.len() as u64 + 1);
+        drop_store_and_reopen(store, dir.path(), |store| {
+            assert_eq!(store.drop_totals().expect("totals").records, 1);
+            store.verify().expect("verify");
+        });
+        // A v1 marker over drop data is not a v1 store.
+        with_raw_db(dir.path(), |db| {
+            let meta = db.keyspace("meta", KeyspaceCreateOptions::default).expect("meta");
+            meta.insert(FORMAT_KEY, FORMAT_V1).expect("insert");
+        });
+        assert_corrupted(FjallStore::open(dir.path()), "added in v2");
+    }
+
     fn stored_seq(outcome: &PutOutcome) -> u64 {
         match outcome {
             PutOutcome::Stored { seq } => *seq,
