@@ -1,13 +1,13 @@
-//! Model check: random sequences of puts, reads, deletes, expiry and account writes give the
-//! same observable results on `FjallStore` as on `MemoryStore` (the reference model), with
+//! Model check: random sequences of puts, reads, deletes, expiry, account writes, drops,
+//! drop expiry, stamp pruning and issuance charges give the same observable results on `FjallStore` as on `MemoryStore` (the reference model), with
 //! the Fjall store closed and reopened at random points.
 //!
 //! `PROPTEST_CASES` sets the number of sequences (default 12).
 
 use pigeonhole_proto::keys::{PublicKey, SecretKey};
-use pigeonhole_proto::tag::Tag;
+use pigeonhole_proto::tag::{Prefix, Tag};
 use pigeonhole_store::{
-    Account, AccountStatus, FjallStore, ListQuery, MemoryStore, NewRecord, Store, StoreError,
+    Account, AccountStatus, FjallStore, ListQuery, MemoryStore, NewDrop, NewRecord, Store, StoreError,
 };
 use proptest::prelude::*;
 
@@ -16,6 +16,25 @@ const RECEIVERS: u8 = 3;
 const IDS: u8 = 4;
 const TAGS: u8 = 2;
 const CLOCKS: [u64; 5] = [0, 40, 100, 150, 400];
+/// Tag heads of drops: pairs in one 16-bit bucket, neighbours one bit apart at bits 1, 16, 17
+/// and 32, so bucket caps and prefix boundaries come up often.
+const HEADS: [u32; 7] =
+    [0x0000_0000, 0x0000_8000, 0x0001_0000, 0x8000_0000, 0xffff_ffff, 0xffff_fffe, 0x1234_5678];
+const STAMPS: u8 = 6;
+const EPOCHS: u8 = 3;
+/// (bits, value) of the prefixes observed.
+const PREFIXES: [(u8, u32); 10] = [
+    (0, 0),
+    (1, 0),
+    (1, 0x8000_0000),
+    (3, 0),
+    (16, 0),
+    (17, 0),
+    (17, 0x0000_8000),
+    (31, 0xffff_fffe),
+    (32, 0xffff_fffe),
+    (32, 0x1234_5678),
+];
 
 fn key(n: u8) -> PublicKey {
     SecretKey::from_bytes(&[n + 1; 32]).expect("valid secret").public_key()
@@ -63,6 +82,32 @@ impl Spec {
 }
 
 #[derive(Debug, Clone)]
+struct DropSpec {
+    head: u8,
+    epoch: u8,
+    stamp: u8,
+    stored_at: u64,
+    ttl: u64,
+    len: usize,
+}
+
+impl DropSpec {
+    fn drop(&self) -> NewDrop {
+        let head = HEADS[usize::from(self.head)];
+        let filler = [self.stamp ^ self.head << 4; 20];
+        NewDrop {
+            tag: Prefix::truncate(32, head).expect("32 bits").apply(&filler),
+            stamp_epoch: u64::from(self.epoch),
+            stamp_id: [self.stamp; 32],
+            stored_at: self.stored_at,
+            expires_at: self.stored_at + self.ttl,
+            drop_hash: [self.stamp ^ 0x5a; 32],
+            bytes: (0..self.len).map(|i| (i as u8) ^ self.stamp).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
 enum Op {
     Put(Vec<Spec>),
     Read {
@@ -85,8 +130,39 @@ enum Op {
         suspended: bool,
         max_bytes: u64,
     },
+    PutDrops {
+        drops: Vec<DropSpec>,
+        bucket_cap: u32,
+    },
+    ExpireDrops {
+        now: u64,
+        limit: usize,
+    },
+    PruneStamps {
+        before_epoch: u64,
+        limit: usize,
+    },
+    Charge {
+        account: u8,
+        day: u64,
+        count: u32,
+        max_per_day: u32,
+    },
     /// Closes and reopens the Fjall store (nothing to do for the model).
     Reopen,
+}
+
+fn drop_spec() -> impl Strategy<Value = DropSpec> {
+    (0..HEADS.len() as u8, 0..EPOCHS, 0..STAMPS, 0..20u64, 1..20u64, 0..40usize).prop_map(
+        |(head, epoch, stamp, stored_at, ttl, len)| DropSpec {
+            head,
+            epoch,
+            stamp,
+            stored_at: stored_at * 10,
+            ttl: ttl * 10,
+            len,
+        },
+    )
 }
 
 fn spec() -> impl Strategy<Value = Spec> {
@@ -119,6 +195,13 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..40u64, 0..4usize).prop_map(|(now, limit)| Op::Expire { now: now * 10, limit }),
         1 => (0..OWNERS, any::<bool>(), 0..3u64)
             .prop_map(|(key, suspended, max_bytes)| Op::Account { key, suspended, max_bytes }),
+        3 => (prop::collection::vec(drop_spec(), 0..6), 0..4u32)
+            .prop_map(|(drops, bucket_cap)| Op::PutDrops { drops, bucket_cap }),
+        1 => (0..40u64, 0..4usize).prop_map(|(now, limit)| Op::ExpireDrops { now: now * 10, limit }),
+        1 => (0..=u64::from(EPOCHS), 0..4usize)
+            .prop_map(|(before_epoch, limit)| Op::PruneStamps { before_epoch, limit }),
+        1 => (0..2u8, 0..2u64, 0..5u32, 0..8u32)
+            .prop_map(|(account, day, count, max_per_day)| Op::Charge { account, day, count, max_per_day }),
         1 => Just(Op::Reopen),
     ]
 }
@@ -145,6 +228,15 @@ fn apply<S: Store>(s: &S, op: &Op) -> String {
                 max_records_per_day: 2,
             };
             format!("{:?}", s.put_account(&account))
+        }
+        Op::PutDrops { drops, bucket_cap } => {
+            let batch: Vec<_> = drops.iter().map(DropSpec::drop).collect();
+            format!("{:?}", s.put_drops(&batch, *bucket_cap))
+        }
+        Op::ExpireDrops { now, limit } => format!("{:?}", s.expire_drops(*now, *limit)),
+        Op::PruneStamps { before_epoch, limit } => format!("{:?}", s.prune_stamps(*before_epoch, *limit)),
+        Op::Charge { account, day, count, max_per_day } => {
+            format!("{:?}", s.charge_issuance(&[*account; 32], *day, *count, *max_per_day))
         }
         Op::Reopen => String::new(),
     }
@@ -197,6 +289,19 @@ fn observe<S: Store>(s: &S) -> Result<Vec<String>, StoreError> {
     for t in 0..TAGS {
         for now in CLOCKS {
             seen.push(format!("tag {t} {now} {:?}", s.list_by_tag(&tag(t), 0, 1_000, now)?));
+        }
+    }
+    seen.push(format!("drop totals {:?}", s.drop_totals()?));
+    for (bits, value) in PREFIXES {
+        let prefix = Prefix::new(bits, value).expect("valid prefix");
+        for now in CLOCKS {
+            seen.push(format!("drops {prefix} {now} {:?}", s.fetch_drops(&prefix, 0, 1_000, now)?));
+            seen.push(format!("drops page {prefix} {now} {:?}", s.fetch_drops(&prefix, 3, 2, now)?));
+        }
+    }
+    for epoch in 0..EPOCHS {
+        for stamp in 0..STAMPS {
+            seen.push(format!("stamp {epoch} {stamp} {:?}", s.stamp_spent(u64::from(epoch), &[stamp; 32])?));
         }
     }
     Ok(seen)
