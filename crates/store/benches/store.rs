@@ -1,6 +1,10 @@
-//! Criterion benchmarks of the embedded store's write path: `FjallStore::put_batch` of 1,000
-//! records of 1.2 KiB (one durable commit for all of them), and of one record (one durable
-//! commit each). Throughput is in records.
+//! Criterion benchmarks of the embedded store: `FjallStore::put_batch` of 1,000 records of
+//! 1.2 KiB (one durable commit for all of them), and of one record (one durable commit each);
+//! `put_drops` of 1,000 drops of 1 KiB (stamps checked and spent, bucket counts, 8 prefix index
+//! entries each, one durable commit); `fetch_drops` on a store of 100,000 drops at prefix
+//! lengths 8 and 16 (the index granularities) and 7 and 3 (one with the most index entries
+//! skipped per match, one that walks the drops themselves). Throughput is in records or drops
+//! written or returned.
 //!
 //! Every commit waits for an fsync, so the figures are mostly the disk's: compare runs on the
 //! same machine only. The store lives in a temporary directory on the default temp filesystem
@@ -14,8 +18,8 @@ use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use pigeonhole_proto::keys::{PublicKey, SecretKey};
-use pigeonhole_proto::tag::Tag;
-use pigeonhole_store::{FjallStore, NewRecord, PutOutcome, Store};
+use pigeonhole_proto::tag::{Prefix, Tag};
+use pigeonhole_store::{DropOutcome, FjallStore, NewDrop, NewRecord, PutOutcome, Store};
 
 /// Size of one record's bytes (a sealed letter of about a kilobyte).
 const RECORD_LEN: usize = 1_229;
@@ -72,5 +76,101 @@ fn bench_put_batch(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_put_batch);
+/// Size of one drop's envelope.
+const DROP_LEN: usize = 1_024;
+/// Drops in the store that `fetch_drops` is measured on.
+const FETCH_STORE_DROPS: u64 = 100_000;
+
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// `count` new drops with random tags and never-used stamps (`next` counts them).
+fn drops(next: &mut u64, count: usize) -> Vec<NewDrop> {
+    (0..count)
+        .map(|_| {
+            *next += 1;
+            let n = *next;
+            let mut tag = [0u8; 20];
+            for (i, chunk) in tag.chunks_mut(8).enumerate() {
+                chunk.copy_from_slice(&mix(n << 2 | i as u64).to_be_bytes()[..chunk.len()]);
+            }
+            let mut stamp_id = [0u8; 32];
+            stamp_id[..8].copy_from_slice(&mix(n ^ 1 << 63).to_be_bytes());
+            stamp_id[8..16].copy_from_slice(&n.to_be_bytes());
+            NewDrop {
+                tag: Tag(tag),
+                stamp_epoch: 1,
+                stamp_id,
+                stored_at: 1_700_000_000_000 + n,
+                expires_at: 1_700_000_000_000 + n + 7 * 86_400_000,
+                drop_hash: [(n % 256) as u8; 32],
+                bytes: vec![(n % 256) as u8; DROP_LEN],
+            }
+        })
+        .collect()
+}
+
+fn bench_drops(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = FjallStore::open(dir.path()).expect("open store");
+    let mut next = 0u64;
+    // A cap no bucket reaches here, so that the bucket counts are read and written.
+    let bucket_cap = 1_000_000;
+    let put = |batch: Vec<NewDrop>| {
+        let outcomes = store.put_drops(black_box(&batch), bucket_cap).expect("put_drops");
+        debug_assert!(outcomes.iter().all(|o| matches!(o, DropOutcome::Stored { .. })));
+        outcomes
+    };
+    let mut group = c.benchmark_group("fjall_put_drops");
+    group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(6));
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.bench_function("1000x1KiB", |b| {
+        b.iter_batched(|| drops(&mut next, BATCH), put, BatchSize::PerIteration)
+    });
+    group.finish();
+
+    // Top the store up to 100,000 drops, then fetch.
+    while next < FETCH_STORE_DROPS {
+        let count = (FETCH_STORE_DROPS - next).min(BATCH as u64) as usize;
+        put(drops(&mut next, count));
+    }
+    let now = 1_700_000_000_000;
+    let middle = store.last_seq() / 2;
+    let mut group = c.benchmark_group("fjall_fetch_drops_100k");
+    group.sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
+    for (bits, after_seq, limit) in
+        [(8, 0, 100), (8, middle, 100), (16, 0, 100), (7, 0, 100), (3, middle, 100)]
+    {
+        // Prefixes of the tags of stored drops, taken in turn.
+        let prefixes: Vec<Prefix> = (1..=64u64)
+            .map(|n| {
+                Prefix::truncate(
+                    bits,
+                    u32::from_be_bytes(
+                        drops(&mut (n * 997 - 1), 1)[0].tag.0[..4].try_into().expect("4 bytes"),
+                    ),
+                )
+                .expect("bits")
+            })
+            .collect();
+        let returned: usize =
+            prefixes.iter().map(|p| store.fetch_drops(p, after_seq, limit, now).expect("fetch").len()).sum();
+        group.throughput(Throughput::Elements((returned / prefixes.len()).max(1) as u64));
+        let cursor = if after_seq == 0 { "start" } else { "middle" };
+        let mut turn = 0;
+        group.bench_function(format!("L={bits}/from_{cursor}/limit_{limit}"), |b| {
+            b.iter(|| {
+                turn = (turn + 1) % prefixes.len();
+                black_box(store.fetch_drops(&prefixes[turn], after_seq, limit, now).expect("fetch"))
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_put_batch, bench_drops);
 criterion_main!(benches);
