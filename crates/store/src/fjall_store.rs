@@ -48,8 +48,12 @@
 //! prefix pays a stamp per drop, and costs a reader only those skipped 25-byte entries. For
 //! L < 4 (g = 0) the query walks `drops` itself from the cursor, filtering on the tag at the
 //! start of each value: such a prefix names at least 1/8 of the tag space. The price is 8
-//! index entries of 25 bytes per drop written, small beside a drop of a kilobyte; see
-//! `benches/store.rs`.
+//! index entries of 25 bytes per drop written, small beside a drop of a kilobyte. Measured
+//! with `benches/store.rs` on a busy 2-core machine: `put_drops` of 1,000 × 1 KiB drops ran at
+//! 13–14k drops/s with these 8 granularities and the same within noise with 4 (8, 16, 24,
+//! 32), as the durable commit dominates; on 100,000 drops, a fetch of 100 at L = 8 took
+//! ~0.38 ms from the start or from a cursor in the middle alike, L = 16 ~18 µs, L = 7 (half
+//! of the g = 4 entries skipped) ~0.66 ms, and L = 3 (walking `drops`) ~0.33 ms.
 //!
 //! # Format versions
 //!
