@@ -10,7 +10,9 @@
 //!   write a separately signed HTTP `PUT`), reporting acknowledged writes per second, ack
 //!   latency percentiles and errors, and optionally logging every acknowledged record;
 //! - `sync`: one outbox filled with R records, then pulled by its receiver over a `listen`;
-//! - `check`: confirms that every record in an acked log is readable on the relay.
+//! - `check`: confirms that every record in an acked log is readable on the relay;
+//! - `drops`: postage issuance, drop uploads per second, the recipient's scan rate, and
+//!   long-poll wake-up latency.
 //!
 //! Every command that talks to a relay can `--spawn` one (`pigeonhole serve` on a temporary
 //! data directory with its per-IP limits raised) and samples the relay's memory, disk and CPU.
@@ -24,6 +26,7 @@
 mod calibrate;
 mod check;
 mod client;
+mod drops;
 mod ingest;
 mod proc;
 mod report;
@@ -112,6 +115,18 @@ enum Command {
     /// relay: signed inventories as the receiver, paged with afterSeq (inventory does not
     /// count against pull limits the way reads do). Exits non-zero if any is missing.
     Check(check::CheckArgs),
+    /// Anonymous drops with postage: token issuance, drops accepted per second (each with a
+    /// stamp check and a durable spent record), the recipient's scan rate at L = 0, 8 and 16
+    /// bits, and long-poll wake-up latency.
+    ///
+    /// One account obtains a token per drop (signed `postage` requests of 64 blinded elements,
+    /// proofs checked against the relay's published key); the drops are sealed and stamped
+    /// before the clock starts and posted by C closed-loop HTTP clients. A share (--to-recipient)
+    /// goes to one recipient's 16-bit prefix, the rest to random prefixes. The recipient then
+    /// downloads its bucket at 0, 8 and 16 bits and checks every candidate's tag on one core
+    /// (one ECDH each). Finally --wake-rounds long polls each wait on a fresh 32-bit prefix
+    /// while a matching drop is posted: the latency is from posting to the poll's answer.
+    Drops(drops::DropsArgs),
 }
 
 /// Where the relay is and what to sample from it.
@@ -175,6 +190,9 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    // reqwest's rustls has no built-in provider in this workspace (only `ring` is compiled):
+    // install it before any client is built. Already installed is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let threads = cli.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.max(1))
@@ -186,5 +204,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Ingest(args) => runtime.block_on(ingest::run(args)),
         Command::Sync(args) => runtime.block_on(sync::run(args)),
         Command::Check(args) => runtime.block_on(check::run(args)),
+        Command::Drops(args) => runtime.block_on(drops::run(args)),
     }
 }

@@ -22,6 +22,7 @@ const RAISED: &[(&str, &str)] = &[
     ("limits.write_burst_per_account", "1000000"),
     ("accounts.max_records_per_day", "1000000000"),
     ("accounts.max_bytes", "1099511627776"),
+    ("postage.per_account_per_day", "1000000000"),
 ];
 
 /// How long a spawned relay may take to print its address.

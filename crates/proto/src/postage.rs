@@ -316,6 +316,14 @@ impl BlindState {
         self.inputs.is_empty()
     }
 
+    /// Keeps only the first `n` blinded tokens: a relay that grants less than was asked (the
+    /// rest of a daily quota) evaluates the first `n` elements of the request, and the client
+    /// truncates before [`BlindState::finalize`].
+    pub fn truncate(&mut self, n: usize) {
+        self.inputs.truncate(n);
+        self.clients.truncate(n);
+    }
+
     /// Checks the relay's batched proof against `public_key` (the key the relay publishes for
     /// this epoch, the same for every client) and unblinds: one [`Token`] per input, in order.
     pub fn finalize(

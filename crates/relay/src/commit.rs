@@ -1,4 +1,4 @@
-//! The group-commit writer. Writes from every connection queue here (a bounded queue: when it
+//! The group-commit writer. Writes and drops from every connection queue here (a bounded queue: when it
 //! is full new writes get 503, never unbounded memory); one thread takes everything waiting,
 //! commits it to the store in one durable batch, signs one Merkle root over the batch, and
 //! answers each writer with its receipt. A write is acknowledged only after the store has
@@ -7,13 +7,13 @@
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use pigeonhole_proto::receipt::{CommitGroup, ReceiptLeaf, WriteReceipt};
-use pigeonhole_store::{NewRecord, PutOutcome};
+use pigeonhole_proto::receipt::{CommitGroup, DropLeaf, DropReceipt, Receipt, ReceiptLeaf, WriteReceipt};
+use pigeonhole_store::{DropOutcome, NewDrop, NewRecord, PutOutcome};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::engine::{Engine, random_aux};
 use crate::error::{ErrorCode, RelayError};
-use crate::notify::Notifier;
+use crate::notify::{DropWaiters, Notifier};
 
 /// The answer to an accepted write.
 #[derive(Debug, Clone)]
@@ -26,42 +26,72 @@ pub struct WriteOutcome {
     pub receipt: WriteReceipt,
 }
 
-struct Job {
-    record: NewRecord,
-    reply: oneshot::Sender<Result<WriteOutcome, RelayError>>,
+/// The answer to an accepted drop.
+#[derive(Debug, Clone)]
+pub struct DropCommitted {
+    /// The drop's sequence number.
+    pub seq: u64,
+    /// The relay's signed receipt.
+    pub receipt: DropReceipt,
+}
+
+enum Job {
+    Write(NewRecord, oneshot::Sender<Result<WriteOutcome, RelayError>>),
+    Drop(NewDrop, oneshot::Sender<Result<DropCommitted, RelayError>>),
 }
 
 /// Handle to the commit thread.
 pub struct Committer {
     queue: mpsc::Sender<Job>,
     thread: Option<JoinHandle<()>>,
+    drop_waiters: Arc<DropWaiters>,
+}
+
+fn busy() -> RelayError {
+    RelayError::new(ErrorCode::Busy, "the relay is shutting down")
 }
 
 impl Committer {
     /// Starts the commit thread.
     pub fn start(engine: Arc<Engine>, notifier: Arc<Notifier>) -> Self {
         let (queue, jobs) = mpsc::channel(engine.config().limits.commit_queue);
+        let drop_waiters = Arc::new(DropWaiters::default());
+        let waiters = drop_waiters.clone();
         let thread = std::thread::Builder::new()
             .name("pigeonhole-commit".into())
-            .spawn(move || commit_loop(&engine, &notifier, jobs))
+            .spawn(move || commit_loop(&engine, &notifier, &waiters, jobs))
             .expect("the OS lets us start one thread at startup");
-        Self { queue, thread: Some(thread) }
+        Self { queue, thread: Some(thread), drop_waiters }
     }
 
-    /// Queues a write and waits until it is durable (or refused).
-    pub async fn submit(&self, record: NewRecord) -> Result<WriteOutcome, RelayError> {
-        let (reply, answer) = oneshot::channel();
-        self.queue.try_send(Job { record, reply }).map_err(|e| match e {
+    /// The registry of drop waiters that commits wake.
+    pub fn drop_waiters(&self) -> &Arc<DropWaiters> {
+        &self.drop_waiters
+    }
+
+    fn enqueue(&self, job: Job) -> Result<(), RelayError> {
+        self.queue.try_send(job).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => {
                 metrics::counter!("pigeonhole_rejections_total", "reason" => "commit_queue_full")
                     .increment(1);
                 RelayError::new(ErrorCode::Busy, "the relay is busy committing writes; retry shortly")
             }
-            mpsc::error::TrySendError::Closed(_) => {
-                RelayError::new(ErrorCode::Busy, "the relay is shutting down")
-            }
-        })?;
-        answer.await.map_err(|_| RelayError::new(ErrorCode::Busy, "the relay is shutting down"))?
+            mpsc::error::TrySendError::Closed(_) => busy(),
+        })
+    }
+
+    /// Queues a write and waits until it is durable (or refused).
+    pub async fn submit(&self, record: NewRecord) -> Result<WriteOutcome, RelayError> {
+        let (reply, answer) = oneshot::channel();
+        self.enqueue(Job::Write(record, reply))?;
+        answer.await.map_err(|_| busy())?
+    }
+
+    /// Queues a drop and waits until it and its spent stamp are durable (or refused).
+    pub async fn submit_drop(&self, drop: NewDrop) -> Result<DropCommitted, RelayError> {
+        let (reply, answer) = oneshot::channel();
+        self.enqueue(Job::Drop(drop, reply))?;
+        answer.await.map_err(|_| busy())?
     }
 
     /// Stops accepting writes, commits everything already queued, and joins the thread.
@@ -90,7 +120,7 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-fn commit_loop(engine: &Engine, notifier: &Notifier, mut jobs: mpsc::Receiver<Job>) {
+fn commit_loop(engine: &Engine, notifier: &Notifier, waiters: &DropWaiters, mut jobs: mpsc::Receiver<Job>) {
     let max_batch = engine.config().limits.max_commit_batch;
     while let Some(first) = jobs.blocking_recv() {
         let mut batch = vec![first];
@@ -100,76 +130,174 @@ fn commit_loop(engine: &Engine, notifier: &Notifier, mut jobs: mpsc::Receiver<Jo
                 Err(_) => break,
             }
         }
-        commit_batch(engine, notifier, batch);
+        commit_batch(engine, notifier, waiters, batch);
     }
 }
 
-fn commit_batch(engine: &Engine, notifier: &Notifier, batch: Vec<Job>) {
-    let started = std::time::Instant::now();
-    let (records, replies): (Vec<NewRecord>, Vec<_>) =
-        batch.into_iter().map(|job| (job.record, job.reply)).unzip();
-    let outcomes = match engine.store().put_batch(&records) {
-        Ok(outcomes) => outcomes,
-        Err(error) => {
-            let error = RelayError::from(error);
-            for reply in replies {
-                let _ = reply.send(Err(error.clone()));
-            }
-            return;
-        }
-    };
-    metrics::histogram!("pigeonhole_commit_seconds").record(started.elapsed().as_secs_f64());
-    metrics::histogram!("pigeonhole_commit_batch_size").record(records.len() as f64);
+type WriteReply = oneshot::Sender<Result<WriteOutcome, RelayError>>;
+type DropReply = oneshot::Sender<Result<DropCommitted, RelayError>>;
 
+enum Pending {
+    Write { seq: u64, duplicate: bool, reply: WriteReply },
+    Drop { seq: u64, reply: DropReply },
+}
+
+/// Commits one batch: the writes in one durable store batch, the drops (with their spent
+/// stamps) in another, then one signature over a Merkle tree of everything stored.
+fn commit_batch(engine: &Engine, notifier: &Notifier, waiters: &DropWaiters, batch: Vec<Job>) {
+    let started = std::time::Instant::now();
+    let mut records = Vec::new();
+    let mut write_replies = Vec::new();
+    let mut drops = Vec::new();
+    let mut drop_replies = Vec::new();
+    for job in batch {
+        match job {
+            Job::Write(record, reply) => {
+                records.push(record);
+                write_replies.push(reply);
+            }
+            Job::Drop(drop, reply) => {
+                drops.push(drop);
+                drop_replies.push(reply);
+            }
+        }
+    }
     let relay = engine.public_key();
     let mut group = CommitGroup::new();
-    let mut pending = Vec::with_capacity(records.len());
-    for ((record, outcome), reply) in records.iter().zip(&outcomes).zip(replies) {
-        let (seq, stored_at, expires_at, duplicate) = match *outcome {
-            PutOutcome::Stored { seq } => {
-                engine.committed(record);
-                notifier.notify(&record.owner, &record.receiver);
-                (seq, record.stored_at, record.expires_at, false)
+    let mut pending = Vec::with_capacity(records.len() + drops.len());
+
+    if !records.is_empty() {
+        match engine.store().put_batch(&records) {
+            Ok(outcomes) => {
+                for ((record, outcome), reply) in records.iter().zip(&outcomes).zip(write_replies) {
+                    let (seq, stored_at, expires_at, duplicate) = match *outcome {
+                        PutOutcome::Stored { seq } => {
+                            engine.committed(record);
+                            notifier.notify(&record.owner, &record.receiver);
+                            (seq, record.stored_at, record.expires_at, false)
+                        }
+                        PutOutcome::Duplicate { seq, stored_at, expires_at } => {
+                            (seq, stored_at, expires_at, true)
+                        }
+                        PutOutcome::Conflict => {
+                            let _ = reply.send(Err(RelayError::new(
+                                ErrorCode::Conflict,
+                                "a different record already has this path; choose a new record id",
+                            )));
+                            continue;
+                        }
+                    };
+                    let leaf = ReceiptLeaf {
+                        relay,
+                        owner: record.owner,
+                        receiver: record.receiver,
+                        record_id: record.record_id.clone(),
+                        record_hash: record.record_hash,
+                        seq,
+                        stored_at,
+                        expires_at,
+                    };
+                    if group.push(leaf).is_err() {
+                        // Batches are capped at max_commit_batch <= MAX_GROUP_SIZE by config.
+                        let _ =
+                            reply.send(Err(RelayError::new(ErrorCode::Internal, "commit group overflow")));
+                        continue;
+                    }
+                    pending.push(Pending::Write { seq, duplicate, reply });
+                }
             }
-            PutOutcome::Duplicate { seq, stored_at, expires_at } => (seq, stored_at, expires_at, true),
-            PutOutcome::Conflict => {
-                let _ = reply.send(Err(RelayError::new(
-                    ErrorCode::Conflict,
-                    "a different record already has this path; choose a new record id",
-                )));
-                continue;
+            Err(error) => {
+                let error = RelayError::from(error);
+                for reply in write_replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
             }
-        };
-        let leaf = ReceiptLeaf {
-            relay,
-            owner: record.owner,
-            receiver: record.receiver,
-            record_id: record.record_id.clone(),
-            record_hash: record.record_hash,
-            seq,
-            stored_at,
-            expires_at,
-        };
-        if group.push(leaf).is_err() {
-            // The batch is capped at max_commit_batch <= MAX_GROUP_SIZE by config validation.
-            let _ = reply.send(Err(RelayError::new(ErrorCode::Internal, "commit group overflow")));
-            continue;
         }
-        pending.push((seq, duplicate, reply));
     }
+
+    if !drops.is_empty() {
+        match engine.store().put_drops(&drops, engine.config().drops.bucket_cap) {
+            Ok(outcomes) => {
+                for ((drop, outcome), reply) in drops.iter().zip(&outcomes).zip(drop_replies) {
+                    let seq = match *outcome {
+                        DropOutcome::Stored { seq } => seq,
+                        DropOutcome::Spent => {
+                            metrics::counter!("pigeonhole_drops_total", "result" => "spent").increment(1);
+                            let _ = reply.send(Err(crate::postage::spent()));
+                            continue;
+                        }
+                        DropOutcome::BucketFull => {
+                            metrics::counter!("pigeonhole_drops_total", "result" => "bucket_full")
+                                .increment(1);
+                            let _ = reply.send(Err(RelayError::new(
+                                ErrorCode::BucketFull,
+                                "this tag's bucket is full until some of its drops expire; your postage was not spent",
+                            )));
+                            continue;
+                        }
+                    };
+                    waiters.wake(&drop.tag);
+                    let leaf = DropLeaf {
+                        relay,
+                        tag: drop.tag,
+                        drop_hash: drop.drop_hash,
+                        seq,
+                        stored_at: drop.stored_at,
+                        expires_at: drop.expires_at,
+                    };
+                    if group.push_drop(leaf).is_err() {
+                        let _ =
+                            reply.send(Err(RelayError::new(ErrorCode::Internal, "commit group overflow")));
+                        continue;
+                    }
+                    pending.push(Pending::Drop { seq, reply });
+                }
+            }
+            Err(error) => {
+                let error = RelayError::from(error);
+                for reply in drop_replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+    metrics::histogram!("pigeonhole_commit_seconds").record(started.elapsed().as_secs_f64());
+    metrics::histogram!("pigeonhole_commit_batch_size").record((records.len() + drops.len()) as f64);
     if pending.is_empty() {
         return;
     }
-    match group.sign_with_aux(engine.signing_key(), now_ms(), &random_aux()) {
+    match group.sign_all_with_aux(engine.signing_key(), now_ms(), &random_aux()) {
         Ok(receipts) => {
-            for ((seq, duplicate, reply), receipt) in pending.into_iter().zip(receipts) {
-                let _ = reply.send(Ok(WriteOutcome { seq, duplicate, receipt }));
+            for (pending, receipt) in pending.into_iter().zip(receipts) {
+                match (pending, receipt) {
+                    (Pending::Write { seq, duplicate, reply }, Receipt::Write(receipt)) => {
+                        let _ = reply.send(Ok(WriteOutcome { seq, duplicate, receipt }));
+                    }
+                    (Pending::Drop { seq, reply }, Receipt::Drop(receipt)) => {
+                        let _ = reply.send(Ok(DropCommitted { seq, receipt }));
+                    }
+                    (Pending::Write { reply, .. }, _) => {
+                        let _ =
+                            reply.send(Err(RelayError::new(ErrorCode::Internal, "receipt kind mismatch")));
+                    }
+                    (Pending::Drop { reply, .. }, _) => {
+                        let _ =
+                            reply.send(Err(RelayError::new(ErrorCode::Internal, "receipt kind mismatch")));
+                    }
+                }
             }
         }
         Err(error) => {
             let error = RelayError::internal("signing a commit group failed", &error);
-            for (_, _, reply) in pending {
-                let _ = reply.send(Err(error.clone()));
+            for pending in pending {
+                match pending {
+                    Pending::Write { reply, .. } => {
+                        let _ = reply.send(Err(error.clone()));
+                    }
+                    Pending::Drop { reply, .. } => {
+                        let _ = reply.send(Err(error.clone()));
+                    }
+                }
             }
         }
     }

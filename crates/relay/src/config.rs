@@ -142,6 +142,82 @@ pub struct Prices {
     pub account_msat_per_month: u64,
 }
 
+/// Anonymous drops (spec §7, §11.6): retention and buckets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DropsConfig {
+    /// Whether the relay accepts and serves drops at all.
+    pub enabled: bool,
+    /// Largest sealed envelope of one drop, in bytes.
+    pub max_drop_bytes: u32,
+    /// TTL applied when a drop asks for 0, in seconds.
+    pub default_ttl_secs: u32,
+    /// Longest TTL granted, in seconds; longer requests are capped.
+    pub max_ttl_secs: u32,
+    /// Most live drops in one 16-bit bucket (the first 16 bits of the tag); 0 = no cap.
+    /// A full bucket refuses new drops (without spending their postage) until some expire.
+    pub bucket_cap: u32,
+    /// Most drops returned by one fetch.
+    pub max_page: u32,
+    /// Most long polls and WebSocket subscriptions waiting at once, over all buckets.
+    pub max_waiters: usize,
+}
+
+impl Default for DropsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_drop_bytes: pigeonhole_proto::request::MAX_CONTENT_LEN as u32,
+            default_ttl_secs: 7 * 86_400,
+            max_ttl_secs: 30 * 86_400,
+            bucket_cap: 100_000,
+            max_page: 500,
+            max_waiters: 50_000,
+        }
+    }
+}
+
+/// Who may obtain postage tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum IssuePolicy {
+    /// Account holders, with a request signed by the account key, up to a daily quota.
+    #[default]
+    Accounts,
+    /// Account holders as above, and anyone else under a per-IP daily quota.
+    Open,
+}
+
+/// Drop postage: blind tokens (RFC 9497 VOPRF), one spent per drop (spec §7.4).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostageConfig {
+    /// Length of a token epoch, in seconds: each epoch has its own key, and tokens are
+    /// accepted only during their epoch (plus `grace_secs`).
+    pub epoch_secs: u32,
+    /// Seconds after an epoch ends during which its tokens are still accepted (clock skew,
+    /// drops in flight at the rollover).
+    pub grace_secs: u32,
+    /// Who may obtain tokens.
+    pub issue: IssuePolicy,
+    /// Tokens an account may obtain per UTC day.
+    pub per_account_per_day: u32,
+    /// Tokens one IP address may obtain per day without an account (`issue = "open"`).
+    pub per_ip_per_day: u32,
+}
+
+impl Default for PostageConfig {
+    fn default() -> Self {
+        Self {
+            epoch_secs: 86_400,
+            grace_secs: 300,
+            issue: IssuePolicy::Accounts,
+            per_account_per_day: 1_000,
+            per_ip_per_day: 20,
+        }
+    }
+}
+
 /// The whole relay configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -158,6 +234,10 @@ pub struct RelayConfig {
     pub accounts: AccountsConfig,
     /// Announced prices.
     pub prices: Prices,
+    /// Anonymous drops.
+    pub drops: DropsConfig,
+    /// Drop postage.
+    pub postage: PostageConfig,
 }
 
 impl Default for RelayConfig {
@@ -169,6 +249,8 @@ impl Default for RelayConfig {
             limits: Limits::default(),
             accounts: AccountsConfig::default(),
             prices: Prices::default(),
+            drops: DropsConfig::default(),
+            postage: PostageConfig::default(),
         }
     }
 }
@@ -247,6 +329,26 @@ impl RelayConfig {
             || l.write_burst_per_account == 0
         {
             return invalid("limits.requests_per_sec_per_ip", "rate limits must be positive");
+        }
+        let d = &self.drops;
+        if d.max_drop_bytes as usize > pigeonhole_proto::request::MAX_CONTENT_LEN || d.max_drop_bytes < 100 {
+            return invalid(
+                "drops.max_drop_bytes",
+                "between 100 and the protocol's largest envelope (65636)",
+            );
+        }
+        if d.max_ttl_secs == 0 || d.default_ttl_secs == 0 || d.default_ttl_secs > d.max_ttl_secs {
+            return invalid("drops.default_ttl_secs", "TTLs must be positive and default <= max");
+        }
+        if d.max_page == 0 || d.max_waiters == 0 {
+            return invalid("drops.max_page", "page size and waiter limit must be positive");
+        }
+        let p = &self.postage;
+        if p.epoch_secs < 1 {
+            return invalid("postage.epoch_secs", "must be at least 1");
+        }
+        if p.grace_secs > p.epoch_secs {
+            return invalid("postage.grace_secs", "at most one epoch");
         }
         Ok(())
     }

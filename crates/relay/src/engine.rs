@@ -369,7 +369,7 @@ impl Engine {
         Ok(record)
     }
 
-    fn writable_account(&self, owner: &PublicKey) -> Result<Account, RelayError> {
+    pub(crate) fn writable_account(&self, owner: &PublicKey) -> Result<Account, RelayError> {
         let account = self.store.account(owner)?.ok_or_else(|| {
             RelayError::new(
                 ErrorCode::NoAccount,

@@ -42,6 +42,14 @@ pub enum ErrorCode {
     StorageFull,
     /// The relay is overloaded or shutting down; retry later.
     Busy,
+    /// A drop's postage stamp is missing, malformed or forged.
+    PostageInvalid,
+    /// A drop's postage stamp was already spent.
+    PostageSpent,
+    /// A drop's postage stamp belongs to an epoch that is over (or has not begun).
+    PostageExpired,
+    /// The drop's bucket is full until some of its drops expire.
+    BucketFull,
     /// Something failed inside the relay.
     Internal,
 }
@@ -68,6 +76,10 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::StorageFull => "storage_full",
             ErrorCode::Busy => "busy",
+            ErrorCode::PostageInvalid => "postage_invalid",
+            ErrorCode::PostageSpent => "postage_spent",
+            ErrorCode::PostageExpired => "postage_expired",
+            ErrorCode::BucketFull => "bucket_full",
             ErrorCode::Internal => "internal",
         }
     }
@@ -83,13 +95,14 @@ impl ErrorCode {
             | ErrorCode::AccountSuspended
             | ErrorCode::InviteRequired
             | ErrorCode::QuotaExceeded => 403,
+            ErrorCode::PostageInvalid | ErrorCode::PostageExpired => 402,
             ErrorCode::NotFound => 404,
-            ErrorCode::Replay | ErrorCode::Conflict => 409,
+            ErrorCode::Replay | ErrorCode::Conflict | ErrorCode::PostageSpent => 409,
             ErrorCode::TooLarge => 413,
             ErrorCode::RateLimited => 429,
             ErrorCode::Internal => 500,
             ErrorCode::Busy => 503,
-            ErrorCode::StorageFull => 507,
+            ErrorCode::StorageFull | ErrorCode::BucketFull => 507,
         }
     }
 }

@@ -29,7 +29,8 @@ use serde_json::{Value, json};
 use crate::commit::Committer;
 use crate::engine::{Engine, RequestPath, Verified};
 use crate::error::{ErrorCode, RelayError};
-use crate::notify::Notifier;
+use crate::notify::{DropWaiters, Notifier};
+use crate::postage::Postage;
 use crate::session::Sessions;
 
 /// Everything a handler needs.
@@ -53,6 +54,10 @@ pub struct AppState {
     /// Becomes `true` when the relay starts shutting down: long polls, slow uploads and
     /// WebSocket sessions end at once instead of holding shutdown up.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Drop postage keys and issuance quotas.
+    pub postage: Postage,
+    /// Drop long polls and subscriptions.
+    pub drop_waiters: Arc<DropWaiters>,
 }
 
 impl AppState {
@@ -79,6 +84,8 @@ impl AppState {
         let writes = NonZeroU32::new(limits.writes_per_sec_per_account).unwrap_or(NonZeroU32::MIN);
         let write_burst = NonZeroU32::new(limits.write_burst_per_account).unwrap_or(NonZeroU32::MIN);
         Self {
+            postage: Postage::new(&engine),
+            drop_waiters: committer.drop_waiters().clone(),
             ip_limiter: RateLimiter::keyed(Quota::per_second(per_sec).allow_burst(burst)),
             registration_limiter: RateLimiter::keyed(Quota::per_hour(per_hour)),
             write_limiter: RateLimiter::keyed(Quota::per_second(writes).allow_burst(write_burst)),
@@ -135,6 +142,9 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/usage", post(usage))
         .route("/v1/session", get(session_challenge).post(session_open))
         .route("/v1/ws", get(crate::ws::upgrade))
+        .route("/v1/drops", post(crate::drops::upload).get(crate::drops::download))
+        .route("/v1/drops/ws", get(crate::drops::upgrade))
+        .route("/v1/postage", post(crate::drops::issue))
         .route("/v1/{owner}/outbox/{receiver}", post(outbox))
         .route("/v1/{owner}/outbox/{receiver}/{record_id}", post(record_post).put(record_put))
         .fallback(not_found)
@@ -189,6 +199,9 @@ fn endpoint_label(path: &str) -> &'static str {
         ["v1", "usage"] => "usage",
         ["v1", "session"] => "session",
         ["v1", "ws"] => "ws",
+        ["v1", "drops"] => "drops",
+        ["v1", "drops", "ws"] => "drops_ws",
+        ["v1", "postage"] => "postage",
         ["v1", _, "outbox", _] => "outbox",
         ["v1", _, "outbox", _, _] => "record",
         _ => "other",
@@ -220,19 +233,24 @@ async fn metrics_page(State(state): State<Shared>) -> Response {
 }
 
 async fn info(State(state): State<Shared>) -> Response {
-    let document = state.engine.info_document(now_ms());
+    let now = now_ms();
+    let document = state.engine.info_document(now);
     let info = state.engine.info();
-    axum::Json(json!({
+    let mut body = json!({
         "relay": state.engine.public_key().to_hex(),
         "timestamp": document.timestamp,
         "info": info,
         "document": BASE64.encode(document.to_bytes()),
-    }))
-    .into_response()
+    });
+    if let (Some(body), Value::Object(extra)) = (body.as_object_mut(), crate::drops::info_fields(&state, now))
+    {
+        body.extend(extra);
+    }
+    axum::Json(body).into_response()
 }
 
 /// Reads the body as UTF-8 within the size limit and the slow-client timeout.
-async fn read_body(state: &AppState, body: Body) -> Result<String, ApiError> {
+pub(crate) async fn read_body(state: &AppState, body: Body) -> Result<String, ApiError> {
     let limits = &state.engine.config().limits;
     let timeout = Duration::from_secs(u64::from(limits.request_timeout_secs));
     let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, limits.max_body_bytes));
@@ -259,33 +277,37 @@ async fn read_body(state: &AppState, body: Body) -> Result<String, ApiError> {
 /// Authenticates and admits a request: a signed request in the body, or (with
 /// `Authorization: Bearer <token>`) an unsigned request from the session's key.
 async fn admitted(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Verified, ApiError> {
-    let session_key = match headers.get(header::AUTHORIZATION) {
-        None => None,
-        Some(value) => {
-            let token = value
-                .to_str()
-                .ok()
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .and_then(|t| {
-                    let mut out = [0u8; 32];
-                    hex::decode_to_slice(t.trim(), &mut out).ok().map(|()| out)
-                })
-                .ok_or_else(|| {
-                    error(ErrorCode::BadRequest, "Authorization must be `Bearer <64 hex token>`")
-                })?;
-            let key = state.sessions.token_key(&token, now_ms()).ok_or_else(|| {
-                error(
-                    ErrorCode::BadSignature,
-                    "unknown or expired session token; open a new session (GET /v1/session)",
-                )
-            })?;
-            Some(key)
-        }
-    };
+    // Check the session header before reading the body, so a bad token costs no upload.
+    session_key(state, headers)?;
     let text = read_body(state, body).await?;
-    let verified = match session_key {
-        Some(key) => state.engine.parse_in_session(&text, &key)?,
-        None => state.engine.parse(&text)?,
+    admitted_text(state, headers, &text)
+}
+
+fn session_key(state: &AppState, headers: &HeaderMap) -> Result<Option<PublicKey>, ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|t| {
+            let mut out = [0u8; 32];
+            hex::decode_to_slice(t.trim(), &mut out).ok().map(|()| out)
+        })
+        .ok_or_else(|| error(ErrorCode::BadRequest, "Authorization must be `Bearer <64 hex token>`"))?;
+    let key = state.sessions.token_key(&token, now_ms()).ok_or_else(|| {
+        error(
+            ErrorCode::BadSignature,
+            "unknown or expired session token; open a new session (GET /v1/session)",
+        )
+    })?;
+    Ok(Some(key))
+}
+
+/// [`admitted`] for a body already read.
+pub(crate) fn admitted_text(state: &AppState, headers: &HeaderMap, text: &str) -> Result<Verified, ApiError> {
+    let verified = match session_key(state, headers)? {
+        Some(key) => state.engine.parse_in_session(text, &key)?,
+        None => state.engine.parse(text)?,
     };
     state.engine.admit(&verified.message, now_ms())?;
     Ok(verified)
@@ -513,7 +535,7 @@ async fn long_poll(state: Shared, verified: Verified, path: RequestPath, wait: u
     let now = now_ms();
     let reader = verified.message.from;
     let (owner, receiver, cursor) = blocking(move || engine.listen_start(&verified, &path, now)).await?;
-    let subscription = state.notifier.subscribe(owner, receiver);
+    let subscription = state.notifier.subscribe_outbox(owner, receiver);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(u64::from(wait));
     loop {
         let notified = subscription.notify().notified();

@@ -130,30 +130,42 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Deletes expired records every few seconds and refreshes the storage gauges.
-fn spawn_sweeper(store: Arc<dyn Store>, limiter_state: std::sync::Weak<AppState>) -> TaskGuard {
+/// Deletes expired records and drops every few seconds, forgets spent stamps of epochs that
+/// can no longer be spent, and refreshes the storage gauges.
+fn spawn_sweeper(engine: Arc<Engine>, limiter_state: std::sync::Weak<AppState>) -> TaskGuard {
     TaskGuard(tokio::spawn(async move {
         let mut ticker = tokio::time::interval(Duration::from_secs(5));
         loop {
             ticker.tick().await;
-            let store = store.clone();
+            let engine = engine.clone();
             let result = tokio::task::spawn_blocking(move || {
-                let expired = store.expire(now_ms(), 10_000)?;
+                let store = engine.store();
+                let now = now_ms();
+                let expired = store.expire(now, 10_000)?;
+                let expired_drops = store.expire_drops(now, 10_000)?;
+                // Stamps of epochs before the previous one are refused by epoch already.
+                let previous = crate::postage::Postage::epoch(&engine, now).saturating_sub(1);
+                store.prune_stamps(previous, 100_000)?;
                 let totals = store.totals()?;
-                Ok::<_, StoreError>((expired, totals))
+                let drop_totals = store.drop_totals()?;
+                Ok::<_, StoreError>((expired, expired_drops, totals, drop_totals))
             })
             .await;
             match result {
-                Ok(Ok((expired, totals))) => {
+                Ok(Ok((expired, expired_drops, totals, drop_totals))) => {
                     // Forget idle rate-limit keys so the limiters' memory stays bounded.
                     if let Some(state) = limiter_state.upgrade() {
                         state.ip_limiter.retain_recent();
                         state.registration_limiter.retain_recent();
                         state.write_limiter.retain_recent();
+                        state.postage.retain_recent();
                     }
                     metrics::counter!("pigeonhole_expired_records_total").increment(expired as u64);
+                    metrics::counter!("pigeonhole_expired_drops_total").increment(expired_drops as u64);
                     metrics::gauge!("pigeonhole_stored_records").set(totals.records as f64);
                     metrics::gauge!("pigeonhole_stored_bytes").set(totals.bytes as f64);
+                    metrics::gauge!("pigeonhole_stored_drops").set(drop_totals.records as f64);
+                    metrics::gauge!("pigeonhole_stored_drop_bytes").set(drop_totals.bytes as f64);
                 }
                 Ok(Err(error)) => tracing::warn!(%error, "expiry sweep failed"),
                 Err(error) => tracing::warn!(%error, "expiry sweep task failed"),
@@ -250,7 +262,7 @@ pub async fn serve(
     let state =
         Arc::new(AppState::new(engine.clone(), committer, notifier, metrics_handle(), shutdown_watch));
     let app = router(state.clone());
-    let sweeper = spawn_sweeper(store.clone(), Arc::downgrade(&state));
+    let sweeper = spawn_sweeper(engine.clone(), Arc::downgrade(&state));
     tracing::info!(%addr, relay = %engine.public_key(), data = %data.display(), last_seq = store.last_seq(), "relay started");
     on_listening(addr);
 

@@ -316,7 +316,7 @@ async fn subscription(state: Shared, verified: Verified, id: u64, out: Out) {
             return;
         }
     };
-    let subscription = state.notifier.subscribe(owner, receiver);
+    let subscription = state.notifier.subscribe_outbox(owner, receiver);
     if !out.send(answer(id, Ok((StatusCode::OK, json!({"subscribed": true, "cursor": cursor}))))).await {
         return;
     }

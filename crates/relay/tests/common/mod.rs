@@ -7,6 +7,13 @@ use pigeonhole_relay::config::RelayConfig;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
+/// Installs rustls's `ring` provider as the process default. In a workspace build reqwest's
+/// TLS feature set is shared with the client library (rustls without a built-in provider,
+/// so that only `ring` is ever compiled), and a reqwest client refuses to start without one.
+pub(crate) fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// A running in-process relay.
 pub(crate) struct TestRelay {
     /// `http://127.0.0.1:PORT`.
@@ -26,6 +33,7 @@ impl TestRelay {
 
     /// A relay signing with `key` (when given), with `change` applied to its configuration.
     pub(crate) async fn start_with(key: Option<&SecretKey>, change: impl FnOnce(&mut RelayConfig)) -> Self {
+        install_crypto();
         let dir = tempfile::tempdir().expect("tempdir");
         if let Some(key) = key {
             std::fs::write(dir.path().join("relay.key"), hex::encode(*key.to_bytes())).expect("key file");
