@@ -181,10 +181,11 @@ impl Default for DropsConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum IssuePolicy {
-    /// Account holders, with a request signed by the account key, up to a daily quota.
-    #[default]
+    /// Account holders only, with a request signed by the account key, up to a daily quota.
     Accounts,
-    /// Account holders as above, and anyone else under a per-IP daily quota.
+    /// Account holders as above, and anyone else under a per-IP daily quota: what lets a
+    /// stranger post a first-contact drop to a relay it has no account on. The default.
+    #[default]
     Open,
 }
 
@@ -211,7 +212,7 @@ impl Default for PostageConfig {
         Self {
             epoch_secs: 86_400,
             grace_secs: 300,
-            issue: IssuePolicy::Accounts,
+            issue: IssuePolicy::Open,
             per_account_per_day: 1_000,
             per_ip_per_day: 20,
         }
