@@ -1,6 +1,8 @@
-//! `pigeonhole`: the command-line entry point. Today it runs a relay (`pigeonhole serve`) and
-//! manages its accounts; the client commands (identities, contacts, send, sync) come with the
-//! client library.
+//! `pigeonhole`: the command-line entry point. It runs a relay (`pigeonhole serve`) and is
+//! the client: identities, relays, contacts, send, sync, inbox, read, listen and usage audits
+//! (`commands`, on top of `pigeonhole-client`).
+
+mod commands;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,6 +16,15 @@ use pigeonhole_relay::config::{AccountPolicy, LogFormat, RelayConfig};
 #[derive(Parser)]
 #[command(name = "pigeonhole", version, about, long_about = None, propagate_version = true)]
 struct Cli {
+    /// The client's home directory: key file and database (default: the platform's data
+    /// directory, e.g. ~/.local/share/pigeonhole).
+    #[arg(long, global = true, env = "PIGEONHOLE_HOME", value_name = "DIR")]
+    home: Option<PathBuf>,
+
+    /// Print results as JSON (for scripts).
+    #[arg(long, global = true)]
+    json: bool,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -31,6 +42,47 @@ enum Command {
     /// relay after in-flight writes are committed.
     #[command(args_conflicts_with_subcommands = true)]
     Serve(ServeArgs),
+
+    /// Your identity: create, show, export, import a key.
+    #[command(subcommand)]
+    Id(commands::IdCommand),
+
+    /// Your relays: add (registers an account), list, remove.
+    #[command(subcommand)]
+    Relay(commands::RelayCommand),
+
+    /// The people you exchange messages with.
+    #[command(subcommand)]
+    Contact(commands::ContactCommand),
+
+    /// Seal a message to a contact and store it on every one of your relays.
+    Send {
+        /// The contact's name or key.
+        to: String,
+        /// The text to send.
+        message: Option<String>,
+        /// Send the contents of a text file instead.
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
+    },
+
+    /// Fetch new messages from every contact's relays and acknowledge them.
+    Sync,
+
+    /// List received messages (`*` marks unread ones).
+    Inbox,
+
+    /// Show one message in full.
+    Read {
+        /// The message id shown by `inbox`.
+        id: i64,
+    },
+
+    /// Stay connected to your contacts' relays and print messages as they arrive.
+    Listen,
+
+    /// Check each of your relays' signed usage report against your contacts' acks.
+    Usage,
 }
 
 #[derive(Args)]
@@ -93,9 +145,6 @@ enum AccountCommand {
         /// Data directory of the relay.
         #[arg(long, env = "PIGEONHOLE_DATA", value_name = "DIR")]
         data: PathBuf,
-        /// Print the result as JSON.
-        #[arg(long)]
-        json: bool,
     },
 }
 
@@ -114,8 +163,18 @@ enum LogFormatArg {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let global = commands::Global { home: cli.home, json: cli.json };
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(args, global.json),
+        Command::Id(command) => commands::id(&global, command),
+        Command::Relay(command) => commands::relay(&global, command),
+        Command::Contact(command) => commands::contact(&global, command),
+        Command::Send { to, message, file } => commands::send(&global, &to, message, file),
+        Command::Sync => commands::sync(&global),
+        Command::Inbox => commands::inbox(&global),
+        Command::Read { id } => commands::read(&global, id),
+        Command::Listen => commands::listen(&global),
+        Command::Usage => commands::usage(&global),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -223,8 +282,8 @@ fn init_logging(format: LogFormat, filter: &str) -> Result<()> {
 }
 
 #[allow(clippy::print_stdout, reason = "serve prints its address and account results on stdout by contract")]
-fn serve(args: ServeArgs) -> Result<()> {
-    if let Some(ServeCommand::Account(AccountCommand::Add { key, data, json })) = args.command {
+fn serve(args: ServeArgs, json: bool) -> Result<()> {
+    if let Some(ServeCommand::Account(AccountCommand::Add { key, data })) = args.command {
         let key = PublicKey::parse(&key).with_context(|| {
             format!("`{key}` is not a public key (64 hex characters, pigeon1... or npub1...)")
         })?;

@@ -391,6 +391,14 @@ async fn issuance_follows_policy_and_quota() {
     let next = tokens_for(&relay, &account, 1, epoch + 1).await.unwrap_err();
     assert_eq!(next["code"], "quota_exceeded");
     relay.stop().await;
+
+    // Under the `accounts` policy the anonymous form is refused.
+    let relay =
+        TestRelay::start_with(None, |c: &mut RelayConfig| c.postage.issue = IssuePolicy::Accounts).await;
+    let (request, _) = postage::blind(1, epoch, &mut rand_core::OsRng);
+    let (status, answer) = post(&format!("{}/v1/postage", relay.url), request.to_json()).await;
+    assert_eq!((status, answer["code"].as_str()), (403, Some("no_account")), "{answer}");
+    relay.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -329,13 +329,18 @@ fn relay_error_codes() -> Vec<ErrorCode> {
         Internal,
         Busy,
         StorageFull,
+        PostageInvalid,
+        PostageSpent,
+        PostageExpired,
+        BucketFull,
     ];
     // A new variant does not compile here until it is listed above (and documented).
     for code in &all {
         match code {
             BadRequest | PathMismatch | WrongRequestType | BadSignature | StaleRequest | WrongRelay
             | Forbidden | NoAccount | AccountSuspended | InviteRequired | QuotaExceeded | NotFound
-            | Replay | Conflict | TooLarge | RateLimited | Internal | Busy | StorageFull => {}
+            | Replay | Conflict | TooLarge | RateLimited | Internal | Busy | StorageFull | PostageInvalid
+            | PostageSpent | PostageExpired | BucketFull => {}
         }
     }
     all
@@ -478,12 +483,15 @@ fn every_example_record_receipt_and_document_verifies() {
 mod generate {
     use super::*;
     use futures_util::{SinkExt as _, StreamExt as _};
+    use pigeonhole_proto::drops::{seal_contact_drop, seal_drop};
     use pigeonhole_proto::payload::Payload;
+    use pigeonhole_proto::postage::{self, IssueResponse, PostageKeys, Stamp};
     use pigeonhole_proto::request::{
         Delete, Inventory, Listen, Read, Register, Request, Session, Usage, Write,
     };
     use pigeonhole_proto::seal::{Letter, seal};
-    use pigeonhole_proto::tag::{ChainKey, Prefix};
+    use pigeonhole_proto::tag::{ChainKey, Prefix, Tag};
+    use pigeonhole_relay::config::IssuePolicy;
     use tokio_tungstenite::tungstenite::Message as WsMessage;
 
     fn key(byte: u8) -> SecretKey {
@@ -568,7 +576,11 @@ mod generate {
     #[ignore = "writes the examples of spec/openapi.json to a file; run by hand"]
     async fn generate_examples() {
         let relay_key = key(0x11);
-        let relay = TestRelay::start_with(Some(&relay_key), |_| {}).await;
+        let relay = TestRelay::start_with(Some(&relay_key), |c| {
+            c.postage.issue = IssuePolicy::Open;
+            c.postage.per_account_per_day = 10;
+        })
+        .await;
         let r = relay.key;
         let (alice, bob, carol) = (key(1), key(2), key(3));
         let (a, b) = (alice.public_key(), bob.public_key());
@@ -848,6 +860,167 @@ mod generate {
         frames.insert("write_answer".into(), next_frame(&mut alice_ws).await);
         frames.insert("push".into(), next_frame(&mut bob_ws).await);
         rec.out.insert("ws".into(), Value::Object(frames));
+
+        // Drops and postage. Tokens from the keys `/v1/info` published: signed, in the HTTP
+        // session and (under `issue = "open"`) anonymously; the relay grants what is left of
+        // Alice's daily quota (10 in this run) and evaluates only the first elements.
+        let document =
+            BASE64.decode(rec.out["info"]["response"]["postageDocument"].as_str().unwrap()).unwrap();
+        let keys = PostageKeys::from_document(&RelayDocument::from_bytes(&document).unwrap(), &r).unwrap();
+        let (epoch, public) = keys.keys[0];
+        let mut tokens = Vec::new();
+        let issuances = [
+            ("postage_signed", 4, 0),
+            ("postage_session", 4, 1),
+            ("postage_partial", 4, 0),
+            ("postage_open", 2, 2),
+        ];
+        for (name, count, how) in issuances {
+            let (request, mut state) = postage::blind(count, epoch, &mut rand_core::OsRng);
+            let (body, bearer) = match how {
+                0 => (s(&signed(&alice, r, Request::Postage(request))), None),
+                1 => (s(&unsigned(&alice, r, Request::Postage(request))), Some(token.as_str())),
+                _ => (request.to_json(), None),
+            };
+            let answer = rec.call(name, "POST", "/v1/postage", Some(body), bearer).await;
+            let response: IssueResponse = serde_json::from_value(answer).unwrap();
+            state.truncate(response.evaluated.len());
+            tokens.extend(state.finalize(&response, &public).unwrap());
+        }
+        assert_eq!(tokens.len(), 12);
+        let (request, _) = postage::blind(1, epoch, &mut rand_core::OsRng);
+        rec.call(
+            "e_postage_quota",
+            "POST",
+            "/v1/postage",
+            Some(s(&signed(&alice, r, Request::Postage(request)))),
+            None,
+        )
+        .await;
+        let (request, _) = postage::blind(64, epoch, &mut rand_core::OsRng);
+        rec.call("e_postage_open_quota", "POST", "/v1/postage", Some(request.to_json()), None).await;
+        let (request, _) = postage::blind(1, epoch + 2, &mut rand_core::OsRng);
+        rec.call("e_postage_epoch", "POST", "/v1/postage", Some(request.to_json()), None).await;
+        let usage = signed(&alice, r, Request::Usage(Usage { after_ts: None, before_ts: None }));
+        rec.call("e_postage_type", "POST", "/v1/postage", Some(s(&usage)), None).await;
+
+        // Bob's drop prefix: the first 16 bits b0b0.
+        let prefix = Prefix::new(16, 0xb0b0_0000).unwrap();
+        let drops_path = |after: u64, extra: &str| {
+            format!("/v1/drops?bits=16&value={}&after={after}{extra}", prefix.value())
+        };
+        let drop_letter = |sender: Option<PublicKey>, id: &str, text: &str| Letter {
+            sender,
+            recipient: b,
+            created_at: now(),
+            record_id: id.into(),
+            payload: Payload::Text(text.into()),
+        };
+        let upload = |tag: Tag, envelope: &[u8], ttl: u32, stamp: &Stamp| {
+            json!({"tag": tag.to_hex(), "drop": BASE64.encode(envelope), "ttl": ttl, "postage": stamp})
+                .to_string()
+        };
+        let mut tokens = tokens.into_iter();
+        // Carol, a stranger to Bob, drops a letter (stranger path, §7.2).
+        let (tag1, envelope1) = seal_drop(
+            &drop_letter(Some(carol.public_key()), "hello-bob", "Hi Bob, Alice gave me your card."),
+            Some(&carol),
+            &prefix,
+            &mut rand_core::OsRng,
+        )
+        .unwrap();
+        let stamp1 = tokens.next().unwrap().stamp(&tag1, &envelope1);
+        let first = upload(tag1, &envelope1, 86_400, &stamp1);
+        let stored = rec.call("drop_upload", "POST", "/v1/drops", Some(first.clone()), None).await;
+        rec.call("e_postage_spent", "POST", "/v1/drops", Some(first), None).await;
+        rec.call("drops_fetch", "GET", &drops_path(0, ""), None, None).await;
+        let cursor = stored["seq"].as_u64().unwrap();
+
+        // Bob long-polls after his cursor; Alice drops a letter on their chain (§7.3).
+        let poll = tokio::spawn(reqwest::get(format!("{}{}", relay.url, drops_path(cursor, "&wait=30"))));
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let (tag2, envelope2) = seal_contact_drop(
+            &drop_letter(Some(a), "drop-0001", "Bob, this one went by drop."),
+            &alice,
+            &prefix,
+            &chain,
+            1,
+            &mut rand_core::OsRng,
+        )
+        .unwrap();
+        let stamp2 = tokens.next().unwrap().stamp(&tag2, &envelope2);
+        let stored2 = rec
+            .call("drop_contact", "POST", "/v1/drops", Some(upload(tag2, &envelope2, 0, &stamp2)), None)
+            .await;
+        let answer = poll.await.unwrap().unwrap();
+        let status = answer.status().as_u16();
+        let polled: Value = answer.json().await.unwrap();
+        rec.out.insert(
+            "drops_wait".into(),
+            json!({"method": "GET", "path": drops_path(cursor, "&wait=30"), "status": status, "response": polled}),
+        );
+        let cursor = stored2["seq"].as_u64().unwrap();
+
+        // Bob subscribes over a WebSocket; an anonymous drop (no sender inside) is pushed.
+        let drops_ws = format!("{}/v1/drops/ws", relay.url.replace("http://", "ws://"));
+        let mut frames = serde_json::Map::new();
+        let (mut socket, _) = tokio_tungstenite::connect_async(drops_ws.clone()).await.unwrap();
+        let subscribe = json!({"bits": 16, "value": prefix.value(), "after": cursor});
+        socket.send(WsMessage::Text(subscribe.to_string().into())).await.unwrap();
+        frames.insert("subscribe".into(), subscribe);
+        frames.insert("subscribed".into(), next_frame(&mut socket).await);
+        let (tag3, envelope3) = seal_drop(
+            &drop_letter(None, "anon-1", "No return address."),
+            None,
+            &prefix,
+            &mut rand_core::OsRng,
+        )
+        .unwrap();
+        let stamp3 = tokens.next().unwrap().stamp(&tag3, &envelope3);
+        rec.call("drop_anonymous", "POST", "/v1/drops", Some(upload(tag3, &envelope3, 3600, &stamp3)), None)
+            .await;
+        frames.insert("push".into(), next_frame(&mut socket).await);
+        drop(socket);
+        let (mut socket, _) = tokio_tungstenite::connect_async(drops_ws).await.unwrap();
+        let bad = json!({"bits": 8, "value": 1});
+        socket.send(WsMessage::Text(bad.to_string().into())).await.unwrap();
+        frames.insert("bad_subscribe".into(), bad);
+        frames.insert("refusal".into(), next_frame(&mut socket).await);
+        let close = tokio::time::timeout(std::time::Duration::from_secs(10), socket.next()).await.unwrap();
+        match close.unwrap().unwrap() {
+            WsMessage::Close(Some(frame)) => {
+                frames.insert(
+                    "close".into(),
+                    json!({"code": u16::from(frame.code), "reason": frame.reason.as_str()}),
+                );
+            }
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+        rec.out.insert("drops_ws".into(), Value::Object(frames));
+
+        // Refused drops and fetches.
+        let token = tokens.next().unwrap();
+        let moved = upload(tag3, &envelope1, 0, &token.stamp(&tag3, &envelope3));
+        rec.call("e_postage_invalid", "POST", "/v1/drops", Some(moved), None).await;
+        let mut old = token.stamp(&tag3, &envelope3);
+        old.epoch = epoch - 2;
+        rec.call("e_postage_expired", "POST", "/v1/drops", Some(upload(tag3, &envelope3, 0, &old)), None)
+            .await;
+        let bad_tag = json!({"tag": "b0b0", "drop": BASE64.encode(&envelope3), "ttl": 0, "postage": stamp3});
+        rec.call("e_drop_tag", "POST", "/v1/drops", Some(bad_tag.to_string()), None).await;
+        let big = upload(tag3, &vec![0u8; 70_000], 0, &stamp3);
+        rec.call("e_drop_too_large", "POST", "/v1/drops", Some(big), None).await;
+        rec.call("e_drops_prefix", "GET", "/v1/drops?bits=8&value=1", None, None).await;
+        rec.call("e_drops_query", "GET", "/v1/drops?value=5", None, None).await;
+        rec.call("e_drops_wait", "GET", &drops_path(0, "&wait=600"), None, None).await;
+        rec.call("e_drops_ws_plain", "GET", "/v1/drops/ws", None, None).await;
+
+        // A relay that does not take drops.
+        let closed = TestRelay::start_with(Some(&relay_key), |c| c.drops.enabled = false).await;
+        let url = std::mem::replace(&mut rec.url, closed.url.clone());
+        rec.call("e_drops_disabled", "GET", &drops_path(0, ""), None, None).await;
+        rec.url = url;
+        closed.stop().await;
 
         rec.call("metrics", "GET", "/metrics", None, None).await;
         let out = std::env::var("OPENAPI_EXAMPLES_OUT").unwrap_or_else(|_| {

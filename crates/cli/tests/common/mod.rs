@@ -738,10 +738,17 @@ pub(crate) struct CliOutput {
 
 /// Runs `pigeonhole ARGS` to completion (killed after `timeout`, which fails the test).
 pub(crate) fn run_cli(args: &[&str], cwd: &Path, timeout: Duration) -> CliOutput {
+    run_cli_env(args, cwd, timeout, &[])
+}
+
+/// [`run_cli`] with extra environment variables.
+pub(crate) fn run_cli_env(args: &[&str], cwd: &Path, timeout: Duration, env: &[(&str, &str)]) -> CliOutput {
     let out_path = cwd.join(".cli-stdout");
     let err_path = cwd.join(".cli-stderr");
     let mut child = Command::new(binary())
         .args(args)
+        .envs(env.iter().copied())
+        .env_remove("PIGEONHOLE_HOME")
         .current_dir(cwd)
         .env_remove("PIGEONHOLE_SET")
         .env_remove("PIGEONHOLE_CONFIG")
