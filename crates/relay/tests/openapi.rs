@@ -8,7 +8,10 @@
 //! with a fixed key, makes every kind of request with fixed client keys, and writes what was
 //! sent and answered to `$OPENAPI_EXAMPLES_OUT` (default: a file in the temp directory). The
 //! document's examples come from such a run (only their key order changed); the few refusals a
-//! default relay cannot be made to give here (`internal`, `busy`, ...) quote the relay's messages.
+//! default relay cannot be made to give here (`internal`, `busy`, `bucket_full`, ...) quote the
+//! relay's messages. The run also obtains postage tokens (signed, in a session, anonymously, and
+//! the rest of a daily quota of 10), posts drops stamped with them, fetches, long-polls and
+//! subscribes; the drop, postage and `/v1/info` examples come from such a run.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code: a panic is a failed test")]
 
@@ -17,9 +20,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use pigeonhole_proto::keys::{PublicKey, SecretKey};
-use pigeonhole_proto::receipt::{RelayDocument, RelayInfo, UsageReport, WriteReceipt};
+use pigeonhole_proto::postage::{IssueRequest, IssueResponse, PostageKey, PostageKeys};
+use pigeonhole_proto::receipt::{
+    DropReceipt, RelayDocument, RelayInfo, UsageReport, WriteReceipt, drop_hash,
+};
 use pigeonhole_proto::request::{Message, SignedMessage};
+use pigeonhole_proto::seal::Envelope;
+use pigeonhole_proto::tag::Tag;
 use pigeonhole_relay::error::ErrorCode;
+use pigeonhole_relay::postage::DropUpload;
 use serde_json::{Value, json};
 
 const DOCUMENT: &str = include_str!("../../../spec/openapi.json");
@@ -231,6 +240,14 @@ fn expected_statuses() -> Vec<(&'static str, &'static str, Vec<u16>)> {
         ("/v1/session", "get", vec![200, 429, 503]),
         ("/v1/session", "post", signed(&[200, 409])),
         ("/v1/ws", "get", vec![101, 400, 429]),
+        // Drops: 404 when the relay takes none. An upload is anonymous (no 401/403): its stamp
+        // is checked (402 invalid or expired, 409 spent) and its bucket may be full (507).
+        ("/v1/drops", "post", vec![201, 400, 402, 404, 409, 413, 429, 500, 503, 507]),
+        ("/v1/drops", "get", vec![200, 400, 404, 429, 500, 503]),
+        ("/v1/drops/ws", "get", vec![101, 400, 404, 429]),
+        // Issuance: a signed or session request (or the open form), an epoch that is not the
+        // current or the next (402), the account's quota charged durably (507).
+        ("/v1/postage", "post", signed(&[200, 402, 404, 409, 507])),
         ("/v1/{owner}/outbox/{receiver}", "post", signed(&[200, 409])),
         ("/v1/{owner}/outbox/{receiver}/{recordId}", "put", signed(&[200, 201, 409, 507])),
         ("/v1/{owner}/outbox/{receiver}/{recordId}", "post", signed(&[200, 404, 409, 507])),
@@ -261,7 +278,7 @@ fn every_status_an_endpoint_can_answer_is_documented() {
             let response = resolve(&doc, response);
             assert!(response["description"].is_string(), "{method} {path} {status}");
             // (A malformed WebSocket upgrade is refused by axum, in plain text.)
-            if *status >= 400 && !(path == "/v1/ws" && *status == 400) {
+            if *status >= 400 && !(path.ends_with("/ws") && *status == 400) {
                 // Errors are the shared `Error` body, with codes of the §11.3 table for that status.
                 let schema = &response["content"]["application/json"]["schema"];
                 assert_eq!(schema["$ref"], "#/components/schemas/Error", "{method} {path} {status}");
@@ -381,11 +398,26 @@ fn request_examples_parse_and_signed_ones_verify() {
             let examples = examples_of(&doc, media);
             assert!(!examples.is_empty(), "{method} {path}: the request body has no example");
             for example in examples {
+                checked += 1;
+                // The two bodies that are not requests: an anonymous drop and an open issuance.
+                if example.get("msg").is_none() {
+                    match (method.as_str(), path.as_str()) {
+                        ("post", "/v1/drops") => {
+                            let upload: DropUpload = serde_json::from_value(example.clone()).unwrap();
+                            Tag::from_hex(&upload.tag).unwrap();
+                            Envelope::parse(&BASE64.decode(&upload.drop).unwrap()).unwrap();
+                        }
+                        ("post", "/v1/postage") => {
+                            IssueRequest::from_json(&example.to_string()).unwrap();
+                        }
+                        _ => panic!("{method} {path}: an example body without `msg`"),
+                    }
+                    continue;
+                }
                 let message = parse_request(example);
                 if message.request.type_name() != "write" {
                     assert_eq!(message.to, relay, "{method} {path}: `to` is not the example relay");
                 }
-                checked += 1;
             }
         }
     }
@@ -428,12 +460,23 @@ fn all_examples(doc: &Value) -> Vec<&Value> {
     out
 }
 
+/// The secret key of the relay that made the examples (`generate_examples` runs it with 32
+/// bytes 0x11 as its key): with it, stamps and token answers can be checked as the relay would.
+fn example_relay_secret(doc: &Value) -> SecretKey {
+    let secret = SecretKey::from_bytes(&[0x11; 32]).unwrap();
+    assert_eq!(secret.public_key(), example_relay(doc), "the examples were made with another relay key");
+    secret
+}
+
 #[test]
 fn every_example_record_receipt_and_document_verifies() {
     let doc = document();
     let relay = example_relay(&doc);
+    let secret = example_relay_secret(&doc);
     let mut counts = BTreeMap::<&str, usize>::new();
     let (mut writes, mut receipted) = (BTreeSet::new(), BTreeSet::new());
+    let (mut drops, mut drops_receipted) = (BTreeSet::new(), BTreeSet::new());
+    let (mut issue_requests, mut issue_responses) = (Vec::new(), Vec::new());
     for example in all_examples(&doc) {
         walk(example, &mut |value| {
             let Some(object) = value.as_object() else { return };
@@ -445,12 +488,54 @@ fn every_example_record_receipt_and_document_verifies() {
                 }
                 *counts.entry("msg").or_default() += 1;
             }
-            // Receipts, wherever they appear: they verify, and each is for a write shown here.
+            // Receipts, wherever they appear: they verify, and each is for a write or a drop
+            // shown here.
             if object.contains_key("leaf") && object.contains_key("commit") {
-                let receipt = WriteReceipt::from_json(&value.to_string()).unwrap();
-                receipt.verify(&relay).unwrap();
-                receipted.insert(hex::encode(receipt.leaf.record_hash));
-                *counts.entry("receipt").or_default() += 1;
+                if object["leaf"].get("dropHash").is_some() {
+                    let receipt = DropReceipt::from_json(&value.to_string()).unwrap();
+                    receipt.verify(&relay).unwrap();
+                    drops_receipted.insert((receipt.leaf.tag.to_hex(), hex::encode(receipt.leaf.drop_hash)));
+                    *counts.entry("drop receipt").or_default() += 1;
+                } else {
+                    let receipt = WriteReceipt::from_json(&value.to_string()).unwrap();
+                    receipt.verify(&relay).unwrap();
+                    receipted.insert(hex::encode(receipt.leaf.record_hash));
+                    *counts.entry("receipt").or_default() += 1;
+                }
+            }
+            // Drops, uploaded or served: a tag and a sealed envelope; an upload's stamp is valid
+            // for exactly that drop under the epoch's key.
+            if let (Some(tag), Some(drop)) =
+                (object.get("tag").and_then(Value::as_str), object.get("drop").and_then(Value::as_str))
+            {
+                let bytes = BASE64.decode(drop).unwrap();
+                Envelope::parse(&bytes).unwrap();
+                drops.insert((tag.to_owned(), hex::encode(drop_hash(&bytes))));
+                if object.contains_key("postage") {
+                    let upload: DropUpload = serde_json::from_value(value.clone()).unwrap();
+                    let tag = Tag::from_hex(tag).unwrap();
+                    let stamp = upload.postage;
+                    PostageKey::derive(&secret, stamp.epoch).check_stamp(&stamp, &tag, &bytes).unwrap();
+                    *counts.entry("stamp").or_default() += 1;
+                }
+            }
+            // Issuance: requests (signed, in a session or open) and the relay's answers.
+            if object.contains_key("blinded") {
+                issue_requests.push(IssueRequest::from_json(&value.to_string()).unwrap());
+            }
+            if object.contains_key("evaluated") {
+                issue_responses.push(IssueResponse::from_json(&value.to_string()).unwrap());
+            }
+            // `/v1/info`'s postage keys: the document verifies, says what the JSON beside it
+            // says, and publishes the keys the relay derives.
+            if let Some(document) = object.get("postageDocument").and_then(Value::as_str) {
+                let document = RelayDocument::from_bytes(&BASE64.decode(document).unwrap()).unwrap();
+                let keys = PostageKeys::from_document(&document, &relay).unwrap();
+                assert_eq!(serde_json::to_value(&keys).unwrap(), object["postage"]);
+                for (epoch, key) in &keys.keys {
+                    assert_eq!(*key, PostageKey::derive(&secret, *epoch).public_key(), "epoch {epoch}");
+                }
+                *counts.entry("postage keys").or_default() += 1;
             }
             // `/v1/info` and `/v1/usage` answers: the document verifies and says what the JSON
             // beside it says.
@@ -471,10 +556,24 @@ fn every_example_record_receipt_and_document_verifies() {
             }
         });
     }
-    for what in ["msg", "receipt", "info", "usage"] {
+    // Each token answer evaluates (BlindEvaluate is deterministic) the first elements of an
+    // issuance request shown here: all of them, or what was left of a quota.
+    for response in &issue_responses {
+        let key = PostageKey::derive(&secret, response.epoch);
+        let n = response.evaluated.len();
+        let answers =
+            issue_requests.iter().filter(|r| r.epoch == response.epoch && r.blinded.len() >= n).any(|r| {
+                let granted = IssueRequest { epoch: r.epoch, blinded: r.blinded[..n].to_vec() };
+                key.evaluate(&granted, &mut rand_core::OsRng).unwrap().evaluated == response.evaluated
+            });
+        assert!(answers, "a token answer for no request shown: {response:?}");
+        *counts.entry("issued").or_default() += 1;
+    }
+    for what in ["msg", "receipt", "info", "usage", "drop receipt", "stamp", "postage keys", "issued"] {
         assert!(counts.get(what).copied().unwrap_or(0) > 0, "no `{what}` example found: {counts:?}");
     }
     assert!(receipted.is_subset(&writes), "a receipt example is for a write not shown: {receipted:?}");
+    assert!(drops_receipted.is_subset(&drops), "a drop receipt is for a drop not shown: {drops_receipted:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1014,10 +1113,20 @@ mod generate {
         rec.call("e_drops_query", "GET", "/v1/drops?value=5", None, None).await;
         rec.call("e_drops_wait", "GET", &drops_path(0, "&wait=600"), None, None).await;
         rec.call("e_drops_ws_plain", "GET", "/v1/drops/ws", None, None).await;
+        let unstamped = json!({"tag": tag3.to_hex(), "drop": BASE64.encode(&envelope3), "ttl": 0});
+        rec.call("e_drop_shape", "POST", "/v1/drops", Some(unstamped.to_string()), None).await;
+        rec.call("e_postage_shape", "POST", "/v1/postage", Some(json!({"epoch": epoch}).to_string()), None)
+            .await;
 
-        // A relay that does not take drops.
+        // A relay that issues postage to account holders only, and one that takes no drops.
+        let accounts_only =
+            TestRelay::start_with(Some(&relay_key), |c| c.postage.issue = IssuePolicy::Accounts).await;
+        let url = std::mem::replace(&mut rec.url, accounts_only.url.clone());
+        let (request, _) = postage::blind(2, epoch, &mut rand_core::OsRng);
+        rec.call("e_postage_no_account", "POST", "/v1/postage", Some(request.to_json()), None).await;
+        accounts_only.stop().await;
         let closed = TestRelay::start_with(Some(&relay_key), |c| c.drops.enabled = false).await;
-        let url = std::mem::replace(&mut rec.url, closed.url.clone());
+        rec.url = closed.url.clone();
         rec.call("e_drops_disabled", "GET", &drops_path(0, ""), None, None).await;
         rec.url = url;
         closed.stop().await;
