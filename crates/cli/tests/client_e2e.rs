@@ -1,0 +1,274 @@
+//! End-to-end tests of the client commands: real `pigeonhole` processes for Alice and Bob
+//! (each with its own `--home`) and real relay processes on loopback.
+//!
+//! Key files use a cheap scrypt cost (`PIGEONHOLE_KEYFILE_LOG_N`) so that the many short
+//! commands stay fast; everything else is as a user runs it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code: a panic is a failed test")]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Someone using the CLI with a home directory of their own.
+struct User {
+    dir: tempfile::TempDir,
+    passphrase: &'static str,
+}
+
+impl User {
+    fn new(passphrase: &'static str) -> Self {
+        Self { dir: tempfile::tempdir().expect("tempdir"), passphrase }
+    }
+
+    fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    fn env(&self) -> [(&'static str, &str); 2] {
+        [("PIGEONHOLE_PASSPHRASE", self.passphrase), ("PIGEONHOLE_KEYFILE_LOG_N", "4")]
+    }
+
+    /// Runs `pigeonhole --home HOME ARGS` and returns its output, whatever the exit status.
+    fn try_run(&self, args: &[&str]) -> CliOutput {
+        let home = self.home();
+        let mut all = vec!["--home", home.to_str().expect("utf-8 path")];
+        all.extend_from_slice(args);
+        run_cli_env(&all, self.dir.path(), COMMAND_TIMEOUT, &self.env())
+    }
+
+    /// Runs a command that must succeed; returns stdout.
+    fn run(&self, args: &[&str]) -> String {
+        let out = self.try_run(args);
+        assert!(
+            out.status.success(),
+            "`{}` failed:\nstdout: {}\nstderr: {}",
+            args.join(" "),
+            out.stdout,
+            out.stderr
+        );
+        out.stdout
+    }
+
+    /// Runs a command with `--json` that must succeed; returns the parsed output.
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let stdout = self.run(&all);
+        serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("`{}`: not JSON ({e}): {stdout}", args.join(" ")))
+    }
+
+    /// Runs a command that must fail; returns stderr.
+    fn fail(&self, args: &[&str]) -> String {
+        let out = self.try_run(args);
+        assert!(!out.status.success(), "`{}` should fail:\nstdout: {}", args.join(" "), out.stdout);
+        out.stderr
+    }
+
+    /// Starts `pigeonhole listen --json` in the background, stdout to a file.
+    fn spawn_listen(&self) -> (Child, PathBuf) {
+        let out = self.dir.path().join("listen.stdout");
+        let home = self.home();
+        let child = Command::new(binary())
+            .args(["--home", home.to_str().expect("utf-8"), "--json", "listen"])
+            .envs(self.env())
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).expect("file"))
+            .stderr(std::fs::File::create(self.dir.path().join("listen.stderr")).expect("file"))
+            .spawn()
+            .expect("spawns listen");
+        (child, out)
+    }
+}
+
+fn texts(inbox: &Value) -> Vec<String> {
+    inbox
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|m| m["text"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+fn wait_for(path: &Path, needle: &str, within: Duration) -> String {
+    let started = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) || started.elapsed() > within {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alice_and_bob_with_two_relays_each() {
+    let (mut a1, a2, b1, b2, a3) = tokio::join!(
+        Relay::start(&[]),
+        Relay::start(&[]),
+        Relay::start(&[]),
+        Relay::start(&[]),
+        Relay::start(&[])
+    );
+    let alice = User::new("alice's passphrase");
+    let bob = User::new("bob's passphrase");
+
+    // Identities, relays (each `relay add` registers an account), cards exchanged.
+    alice.run(&["id", "new", "--label", "Alice"]);
+    bob.run(&["id", "new", "--label", "Bob"]);
+    for url in [&a1.url, &a2.url] {
+        alice.run(&["relay", "add", url]);
+    }
+    for url in [&b1.url, &b2.url] {
+        bob.run(&["relay", "add", url]);
+    }
+    let relays = alice.json(&["relay", "list"]);
+    assert_eq!(relays.as_array().unwrap().len(), 2);
+    assert!(relays.as_array().unwrap().iter().all(|r| r["up"] == true), "{relays}");
+    assert_eq!(relays[0]["key"], a1.relay_key.to_hex(), "the info document is verified under the relay key");
+
+    let card_file = alice.dir.path().join("alice.pigeon");
+    alice.run(&["id", "export", card_file.to_str().unwrap()]);
+    std::fs::copy(&card_file, bob.dir.path().join("alice.pigeon")).unwrap();
+    let bob_card = bob.json(&["id", "show"]);
+    assert_eq!(bob_card["relays"].as_array().unwrap().len(), 2);
+    alice.run(&["contact", "add", bob_card["card"].as_str().unwrap(), "--name", "bob"]);
+    bob.run(&["contact", "add", "alice.pigeon"]);
+    let contacts = bob.json(&["contact", "list"]);
+    assert_eq!(contacts[0]["name"], "Alice", "the name defaults to the card's label");
+
+    // Bob is offline while Alice sends: the letter is stored on both of her relays, with
+    // verified receipts.
+    let first = "Hello Bob! Ünïcödé, \"quotes\" and a second line\nsurvive exactly.";
+    let sent = alice.json(&["send", "bob", first]);
+    assert_eq!(sent["stored"], 2, "{sent}");
+    for relay in sent["relays"].as_array().unwrap() {
+        assert_eq!(relay["ok"], true);
+        assert!(relay["receipt"]["sig"].is_string());
+    }
+
+    // One of Alice's relays dies; a send still succeeds through the other and says which failed.
+    a1.kill9();
+    let out = alice.try_run(&["send", "bob", "second, through one relay"]);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(out.stdout.contains("stored on 1 of 2 relays, 1 failed"), "{}", out.stdout);
+    assert!(out.stdout.contains(&format!("FAILED on {}", a1.url)), "{}", out.stdout);
+
+    // Bob comes online: both messages arrive through the surviving relay, once each.
+    let synced = bob.json(&["sync"]);
+    assert_eq!(synced["newMessages"].as_array().unwrap().len(), 2, "{synced}");
+    let failed: Vec<&Value> =
+        synced["sources"].as_array().unwrap().iter().filter(|s| !s["error"].is_null()).collect();
+    assert_eq!(failed.len(), 1, "only the killed relay fails: {synced}");
+    assert_eq!(failed[0]["url"], a1.url.as_str());
+    assert_eq!(synced["acksSent"], 2);
+    let inbox = bob.json(&["inbox"]);
+    assert_eq!(texts(&inbox), vec![first.to_owned(), "second, through one relay".to_owned()]);
+    let id = inbox[0]["id"].as_i64().unwrap().to_string();
+    let read = bob.run(&["read", &id]);
+    assert!(read.contains(first), "{read}");
+    assert!(read.contains("from: Alice"), "{read}");
+    // A second sync finds nothing new (cursors, de-duplication).
+    let again = bob.json(&["sync"]);
+    assert!(again["newMessages"].as_array().unwrap().is_empty(), "{again}");
+
+    // Bob's acks reach Alice, and her surviving relay's usage report matches them.
+    let synced = alice.json(&["sync"]);
+    assert_eq!(synced["acksReceived"], 2, "{synced}");
+    let usage = alice.json(&["usage"]);
+    let audits = usage.as_array().unwrap();
+    let dead = audits.iter().find(|a| a["url"] == a1.url.as_str()).unwrap();
+    assert_eq!(dead["ok"], false);
+    let honest = audits.iter().find(|a| a["url"] == a2.url.as_str()).unwrap();
+    assert_eq!(honest["consistent"], true, "{usage}");
+    assert_eq!(honest["summary"]["claimedReads"], 2, "{usage}");
+    assert_eq!(honest["summary"]["ackedReads"], 2, "{usage}");
+
+    // Alice moves: a new relay, and both old ones dropped. Bob follows without doing anything
+    // but sync, and a message stored only on the new relay reaches him.
+    alice.run(&["relay", "add", &a3.url]);
+    alice.run(&["relay", "remove", &a1.url]);
+    alice.run(&["relay", "remove", &a2.url]);
+    let card = alice.json(&["id", "show"]);
+    assert_eq!(card["relays"], serde_json::json!([a3.url]));
+    let third = alice.json(&["send", "bob", "third, only on the new relay"]);
+    assert_eq!(third["stored"], 1);
+    let synced = bob.json(&["sync"]);
+    assert_eq!(synced["cardUpdates"], serde_json::json!(["Alice"]), "{synced}");
+    assert_eq!(texts(&synced["newMessages"]), vec!["third, only on the new relay".to_owned()], "{synced}");
+    let contacts = bob.json(&["contact", "list"]);
+    assert_eq!(contacts[0]["card"]["relays"], serde_json::json!([a3.url]));
+
+    // Listening: a message sent while Bob listens is printed as it arrives.
+    let (mut listener, out) = bob.spawn_listen();
+    let connected = wait_for(&out, "\"connected\"", Duration::from_secs(15));
+    assert!(connected.contains("connected"), "{connected}");
+    alice.run(&["send", "bob", "live, over the WebSocket"]);
+    let printed = wait_for(&out, "live, over the WebSocket", Duration::from_secs(15));
+    let _ = listener.kill();
+    let _ = listener.wait();
+    assert!(printed.contains("live, over the WebSocket"), "{printed}");
+    let inbox = bob.json(&["inbox"]);
+    assert_eq!(inbox.as_array().unwrap().len(), 4);
+    drop((b1, b2));
+}
+
+#[test]
+fn errors_say_what_to_do() {
+    let alice = User::new("right");
+    let stderr = alice.fail(&["inbox"]);
+    assert!(stderr.contains("no identity in") && stderr.contains("id new"), "{stderr}");
+    alice.run(&["id", "new", "--label", "Alice"]);
+    let stderr = alice.fail(&["id", "new", "--label", "Again"]);
+    assert!(stderr.contains("already holds an identity"), "{stderr}");
+
+    // Wrong passphrase.
+    let wrong = User { dir: tempfile::tempdir().unwrap(), passphrase: "wrong" };
+    let home = alice.home();
+    let out = run_cli_env(
+        &["--home", home.to_str().unwrap(), "relay", "add", "http://127.0.0.1:1"],
+        wrong.dir.path(),
+        COMMAND_TIMEOUT,
+        &wrong.env(),
+    );
+    assert!(!out.status.success());
+    assert!(out.stderr.contains("wrong passphrase"), "{}", out.stderr);
+
+    // Unreachable relay.
+    let stderr = alice.fail(&["relay", "add", "http://127.0.0.1:1"]);
+    assert!(stderr.contains("cannot reach relay http://127.0.0.1:1"), "{stderr}");
+    let stderr = alice.fail(&["relay", "add", "ftp://example.org"]);
+    assert!(stderr.contains("http:// or https://"), "{stderr}");
+
+    // Bad cards: garbage, and a real card whose label was edited (bad signature).
+    let stderr = alice.fail(&["contact", "add", "pigeoncard1qqqqqqqq"]);
+    assert!(stderr.contains("invalid card"), "{stderr}");
+    let bob = User::new("bob");
+    bob.run(&["id", "new", "--label", "Bob"]);
+    let card = bob.run(&["id", "export"]);
+    let forged = card.replace("\"Bob\"", "\"Mallory\"");
+    assert_ne!(card, forged);
+    std::fs::write(alice.dir.path().join("forged.pigeon"), &forged).unwrap();
+    let stderr = alice.fail(&["contact", "add", "forged.pigeon"]);
+    assert!(stderr.contains("signature does not verify"), "{stderr}");
+    let stderr = alice.fail(&["contact", "add", "missing.pigeon"]);
+    assert!(stderr.contains("neither a card file"), "{stderr}");
+
+    // Unknown contact; then a known one but no relays to send through.
+    let stderr = alice.fail(&["send", "nobody", "hello"]);
+    assert!(stderr.contains("no contact named `nobody`"), "{stderr}");
+    std::fs::write(alice.dir.path().join("bob.pigeon"), &card).unwrap();
+    alice.run(&["contact", "add", "bob.pigeon"]);
+    let stderr = alice.fail(&["send", "Bob", "hello"]);
+    assert!(stderr.contains("no relays yet"), "{stderr}");
+    let stderr = alice.fail(&["read", "42"]);
+    assert!(stderr.contains("no message with id 42"), "{stderr}");
+}
