@@ -165,8 +165,7 @@ impl Client {
     }
 
     pub(crate) fn secret(&self) -> Result<&SecretKey, ClientError> {
-        // Every caller that signs is reached only after `unlock`; report it clearly if not.
-        self.secret.as_ref().ok_or(ClientError::WrongPassphrase { path: self.home.key_path() })
+        self.secret.as_ref().ok_or(ClientError::Locked)
     }
 
     /// The home directory.

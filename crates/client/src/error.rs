@@ -226,6 +226,12 @@ pub enum ClientError {
     /// A request could not be signed (a limit was broken).
     #[error("cannot sign the request: {0}")]
     Sign(#[source] pigeonhole_proto::request::RequestError),
+    /// The operation signs or opens letters, and the key file was not unlocked.
+    #[error("the key is locked: unlock the key file with its passphrase first")]
+    Locked,
+    /// `listen` was started with no contact whose card lists a relay.
+    #[error("nothing to listen to: add a contact whose card lists a relay (`pigeonhole contact add`)")]
+    NothingToListen,
     /// No message has this id.
     #[error("no message with id {id}; see `pigeonhole inbox`")]
     NoSuchMessage {

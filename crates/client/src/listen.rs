@@ -86,7 +86,7 @@ impl Client {
                 }
             }
             if plan.is_empty() {
-                return Err(ClientError::UnknownContact { name: "(no contact lists a relay yet)".into() });
+                return Err(ClientError::NothingToListen);
             }
             let (sender, mut receiver) = mpsc::channel(QUEUE);
             let mut tasks = JoinSet::new();
