@@ -30,7 +30,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::error::{ErrorCode, RelayError};
-use crate::http::{ApiError, Shared, admitted_text, error, now_ms, read_body};
+use crate::http::{ApiError, OpResult, Shared, admitted_text, error, now_ms, read_body};
 use crate::postage::{DropUpload, Postage};
 
 type ApiResult = Result<Response, ApiError>;
@@ -136,7 +136,7 @@ pub(crate) async fn download(
     let Query(query) = query.map_err(|e| {
         error(
             ErrorCode::BadRequest,
-            format!("{}; expected ?bits=L&value=V&after=SEQ[&wait=SECS]", e.body_text()),
+            format!("{}; expected ?bits=L&value=V&after=SEQ[&wait=SECS][&limit=N]", e.body_text()),
         )
     })?;
     let prefix = prefix(query.bits, query.value)?;
@@ -293,9 +293,9 @@ pub(crate) async fn issue(
     let now = now_ms();
     let response = if signed {
         let verified = admitted_text(&state, &headers, &text)?;
-        blocking(move || postage.postage.issue_for_account(&engine, &verified, now)).await?
+        return respond(op_postage(&state, verified).await);
     } else {
-        let request: IssueRequest = serde_json::from_str(&text).map_err(|e| {
+        let request = IssueRequest::from_json(&text).map_err(|e| {
             error(
                 ErrorCode::BadRequest,
                 format!("the body must be a signed `postage` request or {{\"epoch\",\"blinded\"}}: {e}"),
@@ -307,6 +307,22 @@ pub(crate) async fn issue(
     let body =
         serde_json::to_value(&response).map_err(|e| ApiError(RelayError::internal("postage JSON", &e)))?;
     Ok(axum::Json(body).into_response())
+}
+
+/// Token issuance to an account (HTTP and WebSocket sessions share it).
+pub(crate) async fn op_postage(state: &Shared, verified: crate::engine::Verified) -> OpResult {
+    enabled(state)?;
+    let shared = state.clone();
+    let now = now_ms();
+    let response = blocking(move || shared.postage.issue_for_account(&shared.engine, &verified, now)).await?;
+    let body =
+        serde_json::to_value(&response).map_err(|e| ApiError(RelayError::internal("postage JSON", &e)))?;
+    Ok((StatusCode::OK, body))
+}
+
+fn respond(result: OpResult) -> ApiResult {
+    let (status, body) = result?;
+    Ok((status, axum::Json(body)).into_response())
 }
 
 /// The postage keys for `GET /v1/info`: the document (base64) and its JSON.

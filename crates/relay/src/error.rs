@@ -42,7 +42,7 @@ pub enum ErrorCode {
     StorageFull,
     /// The relay is overloaded or shutting down; retry later.
     Busy,
-    /// A drop's postage stamp is missing, malformed or forged.
+    /// A drop's postage stamp does not verify for this drop (forged, or made for another drop).
     PostageInvalid,
     /// A drop's postage stamp was already spent.
     PostageSpent,

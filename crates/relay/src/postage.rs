@@ -22,7 +22,9 @@ use std::time::Duration;
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use parking_lot::Mutex;
-use pigeonhole_proto::postage::{IssueRequest, IssueResponse, PostageKey, PostageKeys, Stamp, epoch_of};
+use pigeonhole_proto::postage::{
+    IssueRequest, IssueResponse, PostageKey, PostageKeys, Stamp, epoch_of, is_redeemable,
+};
 use pigeonhole_proto::receipt::{RelayDocument, drop_hash};
 use pigeonhole_proto::request::Request;
 use pigeonhole_proto::seal::Envelope;
@@ -109,25 +111,23 @@ impl Postage {
     }
 
     /// Whether a stamp of `epoch` may be spent at `now`: during its epoch, or within the grace
-    /// period after it.
+    /// period on either side of it (clock skew, drops in flight at the rollover).
     fn check_epoch(engine: &Engine, epoch: u64, now: u64) -> Result<(), RelayError> {
         let config = &engine.config().postage;
-        let secs = now / 1000;
-        let start = epoch.saturating_mul(u64::from(config.epoch_secs));
-        let end = start.saturating_add(u64::from(config.epoch_secs));
-        if secs < start {
-            return Err(bad(ErrorCode::PostageExpired, format!("postage epoch {epoch} has not begun yet")));
+        if is_redeemable(epoch, now / 1000, config.epoch_secs, config.grace_secs) {
+            return Ok(());
         }
-        if secs >= end.saturating_add(u64::from(config.grace_secs)) {
-            return Err(bad(
-                ErrorCode::PostageExpired,
+        let current = Self::epoch(engine, now);
+        Err(bad(
+            ErrorCode::PostageExpired,
+            if epoch > current {
+                format!("postage epoch {epoch} has not begun yet (the current epoch is {current})")
+            } else {
                 format!(
-                    "postage of epoch {epoch} expired; the current epoch is {}: obtain new tokens (POST /v1/postage)",
-                    Self::epoch(engine, now)
-                ),
-            ));
-        }
-        Ok(())
+                    "postage of epoch {epoch} expired; the current epoch is {current}: obtain new tokens (POST /v1/postage)"
+                )
+            },
+        ))
     }
 
     /// Validates an upload and turns it into a drop for the commit thread: tag, envelope,
@@ -201,13 +201,19 @@ impl Postage {
             return Err(bad(ErrorCode::WrongRequestType, "POST /v1/postage takes a `postage` request"));
         };
         Self::check_issue_epoch(engine, request, now)?;
-        engine.use_once(verified, now)?;
+        // Authorization before the replay check, so a refused request is not consumed.
         engine.writable_account(&message.from)?;
+        engine.use_once(verified, now)?;
         let count = request.blinded.len() as u32;
         let max = engine.config().postage.per_account_per_day;
         let granted = engine.store().charge_issuance(&message.from.to_bytes(), now / DAY_MS, count, max)?;
         if granted == 0 {
-            return Err(quota(0, count, "this account's daily postage quota"));
+            return Err(bad(
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "this account's daily postage quota ({max} tokens) is used up; wait until tomorrow (UTC)"
+                ),
+            ));
         }
         // What is left of the quota: the first `granted` elements (the client truncates).
         let granted =
@@ -216,6 +222,8 @@ impl Postage {
     }
 
     /// Issues tokens without an account, under the per-IP daily quota (`issue = "open"`).
+    /// `request` must be validated already ([`IssueRequest::from_json`] does): the quota is
+    /// charged before evaluation, and a malformed request must not use it up.
     pub fn issue_anonymous(
         &self,
         engine: &Engine,
@@ -234,7 +242,16 @@ impl Postage {
             .ok_or_else(|| bad(ErrorCode::BadRequest, "ask for at least one token"))?;
         match self.ip_issuance.check_key_n(&peer, count) {
             Ok(Ok(())) => {}
-            _ => return Err(quota(0, count.get(), "the daily postage quota for this address")),
+            _ => {
+                return Err(bad(
+                    ErrorCode::QuotaExceeded,
+                    format!(
+                        "asking for {} token(s) would exceed the daily postage quota for this address ({} a day); ask for fewer, wait, or use an account",
+                        count.get(),
+                        engine.config().postage.per_ip_per_day
+                    ),
+                ));
+            }
         }
         self.evaluate(engine, request)
     }
@@ -252,13 +269,4 @@ impl Postage {
 /// The answer for a stamp already spent.
 pub fn spent() -> RelayError {
     bad(ErrorCode::PostageSpent, "this postage stamp was already spent; use a fresh token")
-}
-
-fn quota(granted: u32, asked: u32, what: &str) -> RelayError {
-    bad(
-        ErrorCode::QuotaExceeded,
-        format!(
-            "asking for {asked} tokens would exceed {what} ({granted} left today); ask for fewer or wait"
-        ),
-    )
 }

@@ -290,9 +290,10 @@ async fn dispatch(state: &Shared, verified: Verified, peer: SocketAddr) -> OpRes
         (ProtoRequest::Inventory(_), Some(path)) => op_inventory(state, verified, path).await,
         (ProtoRequest::Usage(_), _) => op_usage(state, verified).await,
         (ProtoRequest::Register(_), _) => op_register(state, verified, peer.ip()).await,
+        (ProtoRequest::Postage(_), _) => crate::drops::op_postage(state, verified).await,
         _ => Err(error(
             ErrorCode::WrongRequestType,
-            "this session is already open; send write, read, delete, inventory, listen, usage or register",
+            "this session is already open; send write, read, delete, inventory, listen, usage, register or postage",
         )),
     }
 }
