@@ -453,14 +453,76 @@ fn shorten(text: &str) -> String {
     }
 }
 
-pub(crate) fn send(global: &Global, to: &str, message: Option<String>, file: Option<PathBuf>) -> Result<()> {
-    let text = match (message, file) {
+fn message_text(message: Option<String>, file: Option<PathBuf>) -> Result<String> {
+    Ok(match (message, file) {
         (Some(text), None) => text,
         (None, Some(path)) => std::fs::read_to_string(&path)
             .with_context(|| format!("reading {} (text files only)", path.display()))?,
         (None, None) => bail!("nothing to send: give MESSAGE or --file PATH"),
         (Some(_), Some(_)) => bail!("give MESSAGE or --file PATH, not both"),
-    };
+    })
+}
+
+pub(crate) fn send_drop(
+    global: &Global,
+    to: &str,
+    message: Option<String>,
+    file: Option<PathBuf>,
+    anonymous: bool,
+) -> Result<()> {
+    let text = message_text(message, file)?;
+    let mut client = open(global)?;
+    // Resolve first: an unknown recipient should not cost a passphrase prompt.
+    let target = client.drop_target(to)?;
+    client.unlock(&passphrase(false)?)?;
+    let rt = runtime()?;
+    let report = rt.block_on(client.send_drop(&target, &text, anonymous))?;
+    let name = report.to_name.clone().unwrap_or_else(|| target.card.content().label.clone());
+    if global.json {
+        print_json(&json!({
+            "to": report.to.to_hex(),
+            "toName": report.to_name,
+            "recordId": report.record_id,
+            "tag": report.tag.to_hex(),
+            "signed": report.signed,
+            "contactPath": report.contact_path,
+            "stored": report.stored(),
+            "relays": report.relays.iter().map(|r| match &r.result {
+                Ok(receipt) => json!({
+                    "url": r.url, "ok": true, "seq": receipt.leaf.seq,
+                    "expiresAt": receipt.leaf.expires_at,
+                    "receipt": serde_json::to_value(receipt).unwrap_or(Value::Null),
+                }),
+                Err(error) => json!({"url": r.url, "ok": false, "error": error.to_string()}),
+            }).collect::<Vec<_>>(),
+        }));
+    } else {
+        let failed = report.relays.len() - report.stored();
+        println!(
+            "dropped to {name} ({}{}): stored on {} of {} relays{}",
+            if report.signed { "signed" } else { "anonymous" },
+            if report.contact_path { ", contact path" } else { "" },
+            report.stored(),
+            report.relays.len(),
+            if failed > 0 { format!(", {failed} failed") } else { String::new() }
+        );
+        for relay in &report.relays {
+            match &relay.result {
+                Ok(receipt) => println!(
+                    "  stored on {} (seq {}, receipt verified, commit root {})",
+                    relay.url,
+                    receipt.leaf.seq,
+                    hex_prefix(&receipt.commit.root)
+                ),
+                Err(error) => println!("  FAILED on {}: {error}", relay.url),
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn send(global: &Global, to: &str, message: Option<String>, file: Option<PathBuf>) -> Result<()> {
+    let text = message_text(message, file)?;
     let mut client = open(global)?;
     // Resolve first: an unknown contact should not cost a passphrase prompt.
     client.resolve_contact(to)?;
@@ -536,6 +598,14 @@ pub(crate) fn sync(global: &Global) -> Result<()> {
             "acksSent": report.acks.sent,
             "ackFailures": report.acks.failed.iter().map(|(n, e)| json!({"contact": n, "error": e.to_string()})).collect::<Vec<_>>(),
             "rejected": report.rejected,
+            "drops": {
+                "newMessages": report.drops.new_messages.iter().map(message_json).collect::<Vec<_>>(),
+                "sources": report.drops.sources.iter().map(|(url, r)| match r {
+                    Ok(n) => json!({"url": url, "candidates": n}),
+                    Err(e) => json!({"url": url, "error": e.to_string()}),
+                }).collect::<Vec<_>>(),
+                "rejected": report.drops.rejected,
+            },
         }));
     } else {
         for source in &report.sources {
@@ -563,6 +633,25 @@ pub(crate) fn sync(global: &Global) -> Result<()> {
         for message in &report.new_messages {
             println!("{}", describe(message));
         }
+        for (url, result) in &report.drops.sources {
+            if let Err(error) = result {
+                eprintln!("warning: drops via {url}: {error}");
+            }
+        }
+        for rejected in &report.drops.rejected {
+            eprintln!("warning: refused {rejected}");
+        }
+        let requests = report.drops.new_messages.iter().filter(|m| m.folder == Folder::Requests).count();
+        if !report.drops.new_messages.is_empty() {
+            println!(
+                "{} new drop{} ({requests} from people who are not your contacts: see `pigeonhole inbox --requests`)",
+                report.drops.new_messages.len(),
+                if report.drops.new_messages.len() == 1 { "" } else { "s" },
+            );
+            for message in &report.drops.new_messages {
+                println!("{}", describe(message));
+            }
+        }
     }
     if attempted > 0 && reached == 0 {
         bail!(
@@ -572,13 +661,16 @@ pub(crate) fn sync(global: &Global) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn inbox(global: &Global) -> Result<()> {
+pub(crate) fn inbox(global: &Global, requests: bool) -> Result<()> {
     let client = open(global)?;
-    let messages = client.db().messages(Folder::Inbox)?;
+    let messages = client.db().messages(if requests { Folder::Requests } else { Folder::Inbox })?;
     if global.json {
         print_json(&Value::Array(messages.iter().map(message_json).collect()));
     } else if messages.is_empty() {
-        println!("no messages (run `pigeonhole sync` to fetch new ones)");
+        println!(
+            "no {} (run `pigeonhole sync` to fetch new ones)",
+            if requests { "message requests" } else { "messages" }
+        );
     } else {
         for message in &messages {
             println!("{}", describe(message));

@@ -57,20 +57,35 @@ enum Command {
 
     /// Seal a message to a contact and store it on every one of your relays.
     Send {
-        /// The contact's name or key.
+        /// The contact's name or key; with --drop also a card (`pigeoncard1...` or a `.pigeon`
+        /// file) of someone who is not a contact yet.
         to: String,
         /// The text to send.
         message: Option<String>,
         /// Send the contents of a text file instead.
         #[arg(long, value_name = "PATH")]
         file: Option<PathBuf>,
+        /// Send as a drop: posted under the recipient's prefix on the relays of their card, paid
+        /// with a postage token from each relay. The way to reach someone who does not know you
+        /// yet (it lands in their requests); nothing outside the sealed letter names you.
+        #[arg(long)]
+        drop: bool,
+        /// With --drop: leave your identity out of the letter too (no signature, no reply
+        /// address): the recipient cannot tell who sent it.
+        #[arg(long, requires = "drop")]
+        anonymous: bool,
     },
 
     /// Fetch new messages from every contact's relays and acknowledge them.
     Sync,
 
     /// List received messages (`*` marks unread ones).
-    Inbox,
+    Inbox {
+        /// List message requests instead: drops from people who are not your contacts
+        /// (add their card with `contact add` to move future messages to the inbox).
+        #[arg(long)]
+        requests: bool,
+    },
 
     /// Show one message in full.
     Read {
@@ -169,9 +184,15 @@ fn main() -> std::process::ExitCode {
         Command::Id(command) => commands::id(&global, command),
         Command::Relay(command) => commands::relay(&global, command),
         Command::Contact(command) => commands::contact(&global, command),
-        Command::Send { to, message, file } => commands::send(&global, &to, message, file),
+        Command::Send { to, message, file, drop, anonymous } => {
+            if drop {
+                commands::send_drop(&global, &to, message, file, anonymous)
+            } else {
+                commands::send(&global, &to, message, file)
+            }
+        }
         Command::Sync => commands::sync(&global),
-        Command::Inbox => commands::inbox(&global),
+        Command::Inbox { requests } => commands::inbox(&global, requests),
         Command::Read { id } => commands::read(&global, id),
         Command::Listen => commands::listen(&global),
         Command::Usage => commands::usage(&global),

@@ -8,86 +8,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
-
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Someone using the CLI with a home directory of their own.
-struct User {
-    dir: tempfile::TempDir,
-    passphrase: &'static str,
-}
-
-impl User {
-    fn new(passphrase: &'static str) -> Self {
-        Self { dir: tempfile::tempdir().expect("tempdir"), passphrase }
-    }
-
-    fn home(&self) -> PathBuf {
-        self.dir.path().join("home")
-    }
-
-    fn env(&self) -> [(&'static str, &str); 2] {
-        [("PIGEONHOLE_PASSPHRASE", self.passphrase), ("PIGEONHOLE_KEYFILE_LOG_N", "4")]
-    }
-
-    /// Runs `pigeonhole --home HOME ARGS` and returns its output, whatever the exit status.
-    fn try_run(&self, args: &[&str]) -> CliOutput {
-        let home = self.home();
-        let mut all = vec!["--home", home.to_str().expect("utf-8 path")];
-        all.extend_from_slice(args);
-        run_cli_env(&all, self.dir.path(), COMMAND_TIMEOUT, &self.env())
-    }
-
-    /// Runs a command that must succeed; returns stdout.
-    fn run(&self, args: &[&str]) -> String {
-        let out = self.try_run(args);
-        assert!(
-            out.status.success(),
-            "`{}` failed:\nstdout: {}\nstderr: {}",
-            args.join(" "),
-            out.stdout,
-            out.stderr
-        );
-        out.stdout
-    }
-
-    /// Runs a command with `--json` that must succeed; returns the parsed output.
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = vec!["--json"];
-        all.extend_from_slice(args);
-        let stdout = self.run(&all);
-        serde_json::from_str(&stdout)
-            .unwrap_or_else(|e| panic!("`{}`: not JSON ({e}): {stdout}", args.join(" ")))
-    }
-
-    /// Runs a command that must fail; returns stderr.
-    fn fail(&self, args: &[&str]) -> String {
-        let out = self.try_run(args);
-        assert!(!out.status.success(), "`{}` should fail:\nstdout: {}", args.join(" "), out.stdout);
-        out.stderr
-    }
-
-    /// Starts `pigeonhole listen --json` in the background, stdout to a file.
-    fn spawn_listen(&self) -> (Child, PathBuf) {
-        let out = self.dir.path().join("listen.stdout");
-        let home = self.home();
-        let child = Command::new(binary())
-            .args(["--home", home.to_str().expect("utf-8"), "--json", "listen"])
-            .envs(self.env())
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&out).expect("file"))
-            .stderr(std::fs::File::create(self.dir.path().join("listen.stderr")).expect("file"))
-            .spawn()
-            .expect("spawns listen");
-        (child, out)
-    }
-}
 
 fn texts(inbox: &Value) -> Vec<String> {
     inbox

@@ -15,7 +15,8 @@ use serde::Serialize;
 use crate::error::DbError;
 
 /// The migrations, in order; migration `i` brings the schema to version `i + 1`.
-const MIGRATIONS: &[&str] = &[r"
+const MIGRATIONS: &[&str] = &[
+    r"
 CREATE TABLE identity (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     card TEXT NOT NULL                 -- the signed card, pigeoncard1...
@@ -89,7 +90,26 @@ CREATE TABLE acks (
     received_at INTEGER NOT NULL,
     PRIMARY KEY (contact, record_id, relay_key, read_at)
 );
-"];
+",
+    r"
+-- Drops (schema 2): where each own relay's bucket was polled up to, the contact-path counters
+-- (next to send to a contact; highest seen from a contact), and the drops already handled.
+CREATE TABLE drop_cursors (
+    relay_url TEXT PRIMARY KEY,
+    relay_key TEXT NOT NULL,
+    after_seq INTEGER NOT NULL
+);
+CREATE TABLE drop_counters (
+    contact TEXT PRIMARY KEY,
+    next_out INTEGER NOT NULL DEFAULT 0,
+    seen_in INTEGER                    -- NULL: nothing received on the contact path yet
+);
+CREATE TABLE drops_seen (
+    hash TEXT PRIMARY KEY,             -- SHA-256 of the envelope
+    seen_at INTEGER NOT NULL
+);
+",
+];
 
 /// The newest schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -499,6 +519,94 @@ impl Db {
     /// Stores a message this identity sent (de-duplicated by receiver and record id).
     pub fn store_sent(&self, message: &NewMessage<'_>, now: u64) -> Result<Option<i64>, DbError> {
         insert_message(&self.conn, "out", message, now)
+    }
+
+    /// Stores a message that arrived other than through an outbox page (a drop), de-duplicated
+    /// by sender and record id.
+    pub fn store_received(&self, message: &NewMessage<'_>, now: u64) -> Result<Option<i64>, DbError> {
+        insert_message(&self.conn, "in", message, now)
+    }
+
+    // --- drops ---------------------------------------------------------------------------
+
+    /// The contact-path counter to use for the next drop to `contact`, reserved (incremented)
+    /// before it is used, so no counter is ever used twice.
+    pub fn next_drop_counter(&self, contact: &PublicKey) -> Result<u64, DbError> {
+        let counter: i64 = self.conn.query_row(
+            "INSERT INTO drop_counters (contact, next_out) VALUES (?1, 1)
+             ON CONFLICT (contact) DO UPDATE SET next_out = next_out + 1
+             RETURNING next_out - 1",
+            params![contact.to_hex()],
+            |r| r.get(0),
+        )?;
+        Ok(counter.max(0) as u64)
+    }
+
+    /// The highest contact-path counter received from `contact`, if any.
+    pub fn drop_counter_seen(&self, contact: &PublicKey) -> Result<Option<u64>, DbError> {
+        let seen: Option<Option<i64>> = self
+            .conn
+            .query_row(
+                "SELECT seen_in FROM drop_counters WHERE contact = ?1",
+                params![contact.to_hex()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(seen.flatten().map(|s| s.max(0) as u64))
+    }
+
+    /// Records that `counter` was received from `contact` (keeps the highest).
+    pub fn set_drop_counter_seen(&self, contact: &PublicKey, counter: u64) -> Result<(), DbError> {
+        self.conn.execute(
+            "INSERT INTO drop_counters (contact, seen_in) VALUES (?1, ?2)
+             ON CONFLICT (contact) DO UPDATE SET seen_in = max(coalesce(seen_in, -1), ?2)",
+            params![contact.to_hex(), counter as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Whether the drop with this envelope hash was handled already.
+    pub fn drop_seen(&self, hash: &[u8; 32]) -> Result<bool, DbError> {
+        Ok(self
+            .conn
+            .query_row("SELECT 1 FROM drops_seen WHERE hash = ?1", params![hex::encode(hash)], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
+    /// Records a drop as handled.
+    pub fn mark_drop_seen(&self, hash: &[u8; 32], now: u64) -> Result<(), DbError> {
+        self.conn.execute(
+            "INSERT OR IGNORE INTO drops_seen (hash, seen_at) VALUES (?1, ?2)",
+            params![hex::encode(hash), now as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Where this identity's bucket on `relay_url` was polled up to.
+    pub fn drop_cursor(&self, relay_url: &str) -> Result<u64, DbError> {
+        let seq: Option<i64> = self
+            .conn
+            .query_row("SELECT after_seq FROM drop_cursors WHERE relay_url = ?1", params![relay_url], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(seq.unwrap_or(0).max(0) as u64)
+    }
+
+    /// Stores the drop cursor of `relay_url`.
+    pub fn set_drop_cursor(
+        &self,
+        relay_url: &str,
+        relay_key: &PublicKey,
+        cursor: u64,
+    ) -> Result<(), DbError> {
+        self.conn.execute(
+            "INSERT INTO drop_cursors (relay_url, relay_key, after_seq) VALUES (?1, ?2, ?3)
+             ON CONFLICT (relay_url) DO UPDATE SET relay_key = ?2, after_seq = ?3",
+            params![relay_url, relay_key.to_hex(), cursor as i64],
+        )?;
+        Ok(())
     }
 
     /// Records a write receipt (already verified) from the relay at `relay_url`.

@@ -25,6 +25,7 @@
 
 pub mod client;
 pub mod db;
+pub mod drops;
 pub mod error;
 pub mod home;
 pub mod listen;

@@ -130,7 +130,7 @@ impl RelayClient {
         self.timeout
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &self,
         url: &str,
         method: reqwest::Method,
@@ -184,7 +184,7 @@ impl RelayClient {
         RelayError::Unreachable { url: url.to_owned(), reason }
     }
 
-    fn bad(url: &str, reason: impl Into<String>) -> RelayError {
+    pub(crate) fn bad(url: &str, reason: impl Into<String>) -> RelayError {
         RelayError::BadAnswer { url: url.to_owned(), reason: reason.into() }
     }
 

@@ -88,6 +88,8 @@ pub struct SyncReport {
     pub rejected: Vec<String>,
     /// Acks written for what arrived.
     pub acks: AckReport,
+    /// What polling this identity's own drop buckets found.
+    pub drops: crate::drops::DropPoll,
 }
 
 impl SyncReport {
@@ -121,7 +123,8 @@ async fn pull(
 }
 
 impl Client {
-    /// Pulls from every contact's relays, stores and acknowledges what arrived.
+    /// Pulls from every contact's relays, stores and acknowledges what arrived, then polls
+    /// this identity's drop buckets on its own relays.
     pub async fn sync(&mut self, progress: &mut dyn FnMut(SyncProgress)) -> Result<SyncReport, ClientError> {
         let secret = self.secret()?.clone();
         let mut report = SyncReport::default();
@@ -203,6 +206,7 @@ impl Client {
             }
         }
         report.acks = self.send_pending_acks().await?;
+        report.drops = self.poll_drops().await?;
         Ok(report)
     }
 

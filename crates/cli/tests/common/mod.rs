@@ -777,3 +777,80 @@ pub(crate) fn run_cli_env(args: &[&str], cwd: &Path, timeout: Duration, env: &[(
         stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// People using the client commands.
+
+pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Someone using the CLI with a home directory of their own.
+pub(crate) struct User {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) passphrase: &'static str,
+}
+
+impl User {
+    pub(crate) fn new(passphrase: &'static str) -> Self {
+        Self { dir: tempfile::tempdir().expect("tempdir"), passphrase }
+    }
+
+    pub(crate) fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    pub(crate) fn env(&self) -> [(&'static str, &str); 2] {
+        [("PIGEONHOLE_PASSPHRASE", self.passphrase), ("PIGEONHOLE_KEYFILE_LOG_N", "4")]
+    }
+
+    /// Runs `pigeonhole --home HOME ARGS` and returns its output, whatever the exit status.
+    pub(crate) fn try_run(&self, args: &[&str]) -> CliOutput {
+        let home = self.home();
+        let mut all = vec!["--home", home.to_str().expect("utf-8 path")];
+        all.extend_from_slice(args);
+        run_cli_env(&all, self.dir.path(), COMMAND_TIMEOUT, &self.env())
+    }
+
+    /// Runs a command that must succeed; returns stdout.
+    pub(crate) fn run(&self, args: &[&str]) -> String {
+        let out = self.try_run(args);
+        assert!(
+            out.status.success(),
+            "`{}` failed:\nstdout: {}\nstderr: {}",
+            args.join(" "),
+            out.stdout,
+            out.stderr
+        );
+        out.stdout
+    }
+
+    /// Runs a command with `--json` that must succeed; returns the parsed output.
+    pub(crate) fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let stdout = self.run(&all);
+        serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("`{}`: not JSON ({e}): {stdout}", args.join(" ")))
+    }
+
+    /// Runs a command that must fail; returns stderr.
+    pub(crate) fn fail(&self, args: &[&str]) -> String {
+        let out = self.try_run(args);
+        assert!(!out.status.success(), "`{}` should fail:\nstdout: {}", args.join(" "), out.stdout);
+        out.stderr
+    }
+
+    /// Starts `pigeonhole listen --json` in the background, stdout to a file.
+    pub(crate) fn spawn_listen(&self) -> (Child, PathBuf) {
+        let out = self.dir.path().join("listen.stdout");
+        let home = self.home();
+        let child = Command::new(binary())
+            .args(["--home", home.to_str().expect("utf-8"), "--json", "listen"])
+            .envs(self.env())
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).expect("file"))
+            .stderr(std::fs::File::create(self.dir.path().join("listen.stderr")).expect("file"))
+            .spawn()
+            .expect("spawns listen");
+        (child, out)
+    }
+}
