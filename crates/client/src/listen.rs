@@ -174,6 +174,7 @@ async fn session(
         None => format!("ws://{}/v1/ws", url.strip_prefix("http://").unwrap_or(url)),
     };
     let timeout = relays.timeout();
+    crate::relay::install_tls_provider();
     let (mut socket, _) = tokio::time::timeout(timeout, tokio_tungstenite::connect_async(ws_url.as_str()))
         .await
         .map_err(|_| RelayError::Timeout { url: url.to_owned(), secs: timeout.as_secs() })?

@@ -48,13 +48,6 @@ pub fn normalize_url(url: &str) -> Result<String, RelayError> {
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(bad("it must start with http:// or https://"));
     }
-    if parsed.scheme() == "https" {
-        // reqwest's rustls without a built-in provider panics in every other reqwest client
-        // of a build that has not installed one, so TLS waits for a connector of our own.
-        return Err(bad(
-            "https relays are not supported by this version yet; use http:// (e.g. behind a TLS tunnel)",
-        ));
-    }
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err(bad("it has no host"));
     }
@@ -106,6 +99,13 @@ pub struct Page {
     pub cursor: u64,
 }
 
+/// Installs rustls's `ring` provider as the process default (once; a provider already
+/// installed by the embedding application is kept). reqwest and tokio-tungstenite use it for
+/// `https://` and `wss://` relays.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// An HTTP client for relays.
 #[derive(Debug, Clone)]
 pub struct RelayClient {
@@ -116,6 +116,7 @@ pub struct RelayClient {
 impl RelayClient {
     /// A client whose calls each time out after `timeout`.
     pub fn new(timeout: Duration) -> Result<Self, RelayError> {
+        install_tls_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .timeout(timeout)
@@ -362,11 +363,19 @@ mod tests {
         };
         check("http://127.0.0.1:7070", Some("http://127.0.0.1:7070"));
         check(" http://relay.example.org/ ", Some("http://relay.example.org"));
-        check("https://relay.example.org", None);
+        check("https://relay.example.org/", Some("https://relay.example.org"));
         check("ftp://relay.example.org", None);
         check("relay.example.org", None);
         check("http://relay.example.org/?x=1", None);
         check("http://", None);
+    }
+
+    #[tokio::test]
+    async fn https_relays_fail_cleanly_when_unreachable() {
+        // TLS is compiled in (ring): an https relay that is not there is an error, not a panic.
+        let client = RelayClient::new(Duration::from_secs(5)).expect("client");
+        let error = client.hello("https://127.0.0.1:1").await.expect_err("nothing listens there");
+        assert!(matches!(error, RelayError::Unreachable { .. }), "{error:?}");
     }
 
     #[test]

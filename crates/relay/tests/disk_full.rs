@@ -80,6 +80,8 @@ async fn a_full_disk_refuses_writes_with_507_and_keeps_reads() {
         },
     ));
     let url = format!("http://{}", addr_rx.await.unwrap());
+    // reqwest's rustls has no built-in provider in this workspace: install `ring` first.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::new();
     let health: Value = client.get(format!("{url}/health")).send().await.unwrap().json().await.unwrap();
     let relay = PublicKey::from_hex(health["relay"].as_str().unwrap()).unwrap();

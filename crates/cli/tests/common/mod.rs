@@ -314,6 +314,9 @@ impl Resp {
 
 /// An HTTP client with a timeout and no proxy.
 pub(crate) fn http_client() -> reqwest::Client {
+    // The workspace's reqwest has rustls without a built-in provider (the client library's
+    // choice, so that only `ring` is compiled): install it before building a client.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().expect("client builds")
 }
 
