@@ -30,7 +30,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::error::{ErrorCode, RelayError};
-use crate::http::{ApiError, OpResult, Shared, admitted_text, error, now_ms, read_body};
+use crate::http::{ApiError, OpResult, Shared, admitted_text, error, now_ms, poll_until, read_body};
 use crate::postage::{DropUpload, Postage};
 
 type ApiResult = Result<Response, ApiError>;
@@ -158,23 +158,17 @@ pub(crate) async fn download(
     let Some(subscription) = state.drop_waiters.subscribe(&prefix, config.drops.max_waiters) else {
         return Err(error(ErrorCode::Busy, "too many waiting clients; poll again shortly"));
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(u64::from(query.wait));
-    loop {
-        let notified = subscription.notify().notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        let (list, next) = fetch(&state, prefix, cursor, limit).await?;
-        if !list.is_empty() || tokio::time::Instant::now() >= deadline {
-            return Ok(axum::Json(json!({"drops": list, "cursor": next})).into_response());
+    let wait = Duration::from_secs(u64::from(query.wait));
+    let found = poll_until(&state, subscription.notify(), wait, || {
+        let state = state.clone();
+        async move {
+            let (list, next) = fetch(&state, prefix, cursor, limit).await?;
+            Ok((!list.is_empty()).then_some((list, next)))
         }
-        let woken = tokio::select! {
-            woken = tokio::time::timeout_at(deadline, notified) => woken.is_ok(),
-            () = state.shutting_down() => false,
-        };
-        if !woken {
-            return Ok(axum::Json(json!({"drops": [], "cursor": cursor})).into_response());
-        }
-    }
+    })
+    .await?;
+    let (list, next) = found.unwrap_or((Vec::new(), cursor));
+    Ok(axum::Json(json!({"drops": list, "cursor": next})).into_response())
 }
 
 #[derive(Deserialize)]

@@ -2,6 +2,7 @@
 //! bodies in the protocol's JSON form, and `{"error", "code"}` answers for everything that is
 //! refused. Handlers parse, call the engine (store access on the blocking pool), and format.
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -536,22 +537,49 @@ async fn long_poll(state: Shared, verified: Verified, path: RequestPath, wait: u
     let reader = verified.message.from;
     let (owner, receiver, cursor) = blocking(move || engine.listen_start(&verified, &path, now)).await?;
     let subscription = state.notifier.subscribe_outbox(owner, receiver);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(u64::from(wait));
+    let page = state.engine.config().limits.max_inventory as usize;
+    let found = poll_until(&state, subscription.notify(), Duration::from_secs(u64::from(wait)), || {
+        let state = state.clone();
+        async move {
+            let (list, next) = fetch_page(&state, reader, owner, receiver, cursor, page).await?;
+            Ok((!list.is_empty()).then_some((list, next)))
+        }
+    })
+    .await?;
+    let (list, next) = found.unwrap_or((Vec::new(), cursor));
+    Ok(axum::Json(json!({"records": list, "cursor": next})).into_response())
+}
+
+/// The long-poll loop that outbox listens and drop fetches share: `fetch` (armed on `notify`
+/// first, so a commit between the fetch and the wait is not missed); a page with anything in
+/// it is returned at once; otherwise wait for a wake-up, the end of `wait`, or shutdown.
+/// `None` when the wait ended with nothing (the caller answers an empty page).
+pub(crate) async fn poll_until<T, F>(
+    state: &AppState,
+    notify: &tokio::sync::Notify,
+    wait: Duration,
+    mut fetch: impl FnMut() -> F,
+) -> Result<Option<T>, ApiError>
+where
+    F: Future<Output = Result<Option<T>, ApiError>>,
+{
+    let deadline = tokio::time::Instant::now() + wait;
     loop {
-        let notified = subscription.notify().notified();
+        let notified = notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let page = state.engine.config().limits.max_inventory as usize;
-        let (list, next) = fetch_page(&state, reader, owner, receiver, cursor, page).await?;
-        if !list.is_empty() || tokio::time::Instant::now() >= deadline {
-            return Ok(axum::Json(json!({"records": list, "cursor": next})).into_response());
+        if let Some(page) = fetch().await? {
+            return Ok(Some(page));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(None);
         }
         let woken = tokio::select! {
             woken = tokio::time::timeout_at(deadline, notified) => woken.is_ok(),
             () = state.shutting_down() => false,
         };
         if !woken {
-            return Ok(axum::Json(json!({"records": [], "cursor": cursor})).into_response());
+            return Ok(None);
         }
     }
 }
