@@ -146,6 +146,47 @@ async fn alice_and_bob_with_two_relays_each() {
     drop((b1, b2));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_reconnects_and_resumes_without_gaps() {
+    let mut relay = Relay::start(&[]).await;
+    relay.keep_port();
+    let alice = User::new("alice");
+    let bob = User::new("bob");
+    alice.run(&["id", "new", "--label", "Alice"]);
+    bob.run(&["id", "new", "--label", "Bob"]);
+    alice.run(&["relay", "add", &relay.url]);
+    bob.run(&["relay", "add", &relay.url]);
+    let alice_card = alice.json(&["id", "show"])["card"].as_str().unwrap().to_owned();
+    let bob_card = bob.json(&["id", "show"])["card"].as_str().unwrap().to_owned();
+    alice.run(&["contact", "add", &bob_card, "--name", "bob"]);
+    bob.run(&["contact", "add", &alice_card, "--name", "alice"]);
+
+    let (mut listener, out) = bob.spawn_listen();
+    assert!(wait_for(&out, "\"connected\"", Duration::from_secs(15)).contains("connected"));
+    alice.run(&["send", "bob", "before the outage"]);
+    assert!(wait_for(&out, "before the outage", Duration::from_secs(15)).contains("before the outage"));
+
+    // The relay dies; while it is down Bob's listen keeps retrying. It comes back on the same
+    // address, and a message written before Bob's listen reconnects still reaches it.
+    relay.kill9();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    relay.restart().await;
+    alice.run(&["send", "bob", "during the reconnect"]);
+    let printed = wait_for(&out, "during the reconnect", Duration::from_secs(40));
+    alice.run(&["send", "bob", "after the reconnect"]);
+    let printed_after = wait_for(&out, "after the reconnect", Duration::from_secs(15));
+    let _ = listener.kill();
+    let _ = listener.wait();
+    assert!(printed.contains("during the reconnect"), "{printed}");
+    assert!(printed_after.contains("after the reconnect"), "{printed_after}");
+    assert_eq!(
+        printed_after.matches("before the outage").count(),
+        1,
+        "nothing printed twice: {printed_after}"
+    );
+    assert_eq!(texts(&bob.json(&["inbox"])).len(), 3);
+}
+
 #[test]
 fn errors_say_what_to_do() {
     let alice = User::new("right");

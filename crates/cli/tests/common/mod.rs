@@ -449,6 +449,8 @@ pub(crate) struct Relay {
     args: Vec<String>,
     child: Option<Child>,
     starts: u32,
+    /// `--listen` of the next start: a free port, or the current one after `keep_port`.
+    listen: String,
 }
 
 impl Relay {
@@ -469,6 +471,7 @@ impl Relay {
             args: args.iter().map(|s| (*s).to_owned()).collect(),
             child: None,
             starts: 0,
+            listen: "127.0.0.1:0".to_owned(),
         };
         relay.spawn().await;
         relay
@@ -514,7 +517,7 @@ impl Relay {
         let data = self.data_dir();
         let mut command = Command::new(binary());
         command
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .args(["serve", "--listen", &self.listen, "--data"])
             .arg(&data)
             .args(&self.args)
             .env("PIGEONHOLE_LOG", "info,fjall=warn,lsm_tree=warn")
@@ -557,6 +560,12 @@ impl Relay {
         assert_eq!(health.json["status"], "ok", "{}", health.text);
         self.relay_key =
             PublicKey::from_hex(health.json["relay"].as_str().expect("relay key")).expect("relay key");
+    }
+
+    /// Makes later restarts listen on the address the relay has now, so URLs on cards stay
+    /// valid across a restart.
+    pub(crate) fn keep_port(&mut self) {
+        self.listen = self.addr.to_string();
     }
 
     /// Replaces the extra `serve` arguments used by the next `restart`.
