@@ -8,8 +8,7 @@
 
 mod common;
 
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
@@ -21,17 +20,6 @@ fn texts(inbox: &Value) -> Vec<String> {
         .iter()
         .map(|m| m["text"].as_str().unwrap_or_default().to_owned())
         .collect()
-}
-
-fn wait_for(path: &Path, needle: &str, within: Duration) -> String {
-    let started = Instant::now();
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        if text.contains(needle) || started.elapsed() > within {
-            return text;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -213,3 +213,28 @@ async fn stamps_spend_once_and_expire_with_their_epoch_and_long_polls_wake_on_ma
     tokio::time::sleep(Duration::from_millis(end - now_ms() + 100)).await;
     post_drop(&relay, drop_body(&mine, &tokens[3])).await.err(402, "postage_expired");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_prints_a_drop_as_it_arrives() {
+    let relay = Relay::start(&[]).await;
+    let bob = User::new("bob");
+    let carol = User::new("carol");
+    bob.run(&["id", "new", "--label", "Bob"]);
+    bob.run(&["relay", "add", &relay.url]);
+    carol.run(&["id", "new", "--label", "Carol"]);
+    let bob_card = bob.json(&["id", "show"])["card"].as_str().unwrap().to_owned();
+
+    // A drop already waiting is caught up at start; one posted while listening is pushed.
+    carol.run(&["send", "--drop", &bob_card, "waiting when you started"]);
+    let (mut listener, out) = bob.spawn_listen();
+    let first = wait_for(&out, "waiting when you started", Duration::from_secs(15));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    carol.run(&["send", "--drop", &bob_card, "arrived while you listened"]);
+    let second = wait_for(&out, "arrived while you listened", Duration::from_secs(15));
+    let _ = listener.kill();
+    let _ = listener.wait();
+    assert!(first.contains("waiting when you started"), "{first}");
+    assert!(second.contains("arrived while you listened"), "{second}");
+    assert_eq!(second.matches("waiting when you started").count(), 1, "printed once: {second}");
+    assert_eq!(texts(&bob.json(&["inbox", "--requests"])).len(), 2);
+}

@@ -229,8 +229,10 @@ pub enum ClientError {
     /// The operation signs or opens letters, and the key file was not unlocked.
     #[error("the key is locked: unlock the key file with its passphrase first")]
     Locked,
-    /// `listen` was started with no contact whose card lists a relay.
-    #[error("nothing to listen to: add a contact whose card lists a relay (`pigeonhole contact add`)")]
+    /// `listen` was started with no contact whose card lists a relay and no relay of one's own.
+    #[error(
+        "nothing to listen to: add a relay (`pigeonhole relay add URL`) or a contact whose card lists one (`pigeonhole contact add`)"
+    )]
     NothingToListen,
     /// No message has this id.
     #[error("no message with id {id}; see `pigeonhole inbox`")]

@@ -4,6 +4,8 @@
 //! connection that drops (relay restart, network, a `4008 behind` close) is reopened with
 //! exponential backoff and resumes from the last cursor it handed over, so nothing is
 //! skipped; a contact's card update that changes their relays restarts the set of sessions.
+//! Drops: one subscription to this identity's bucket on each own relay (`/v1/drops/ws`); each
+//! push makes the storing loop poll the buckets from their stored cursors.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -11,6 +13,7 @@ use std::time::Duration;
 use futures_util::{SinkExt as _, StreamExt as _};
 use pigeonhole_proto::keys::{PublicKey, SecretKey};
 use pigeonhole_proto::request::{Listen, Message, Request, Session};
+use pigeonhole_proto::tag::Prefix;
 use rand_core::OsRng;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -63,7 +66,14 @@ pub enum ListenEvent {
 type Resume = Option<(PublicKey, u64)>;
 
 enum FromRelay {
-    Page { url: String, relay_key: PublicKey, owner: PublicKey, page: Page },
+    Page {
+        url: String,
+        relay_key: PublicKey,
+        owner: PublicKey,
+        page: Page,
+    },
+    /// A relay pushed drops in this identity's bucket: poll the buckets.
+    Drops,
     Status(ListenEvent),
 }
 
@@ -85,7 +95,8 @@ impl Client {
                     plan.entry(url.clone()).or_default().push((owner, cursor));
                 }
             }
-            if plan.is_empty() {
+            let own = self.db.own_relays()?;
+            if plan.is_empty() && own.is_empty() {
                 return Err(ClientError::NothingToListen);
             }
             let (sender, mut receiver) = mpsc::channel(QUEUE);
@@ -93,11 +104,20 @@ impl Client {
             for (url, owners) in plan {
                 tasks.spawn(relay_loop(self.relays.clone(), secret.clone(), url, owners, sender.clone()));
             }
+            // Drops: one subscription to this identity's bucket on each own relay; a push is
+            // the signal to poll (cursors and checks are `poll_drops`'s). Catch up first.
+            let prefix = self.card()?.content().prefix;
+            for relay in own {
+                let cursor = self.db.drop_cursor(&relay.url)?;
+                tasks.spawn(drops_loop(self.relays.timeout(), relay.url, prefix, cursor, sender.clone()));
+            }
+            self.report_drops(on_event).await?;
             drop(sender);
             let mut restart = false;
             while let Some(item) = receiver.recv().await {
                 match item {
                     FromRelay::Status(event) => on_event(event),
+                    FromRelay::Drops => self.report_drops(on_event).await?,
                     FromRelay::Page { url, relay_key, owner, page } => {
                         let Some(contact) = self.db.contact_by_key(&owner)? else { continue };
                         let outcome = self.apply_page(&contact, &url, &relay_key, &page)?;
@@ -121,6 +141,93 @@ impl Client {
             if !restart {
                 return Ok(());
             }
+        }
+    }
+}
+
+impl Client {
+    /// Polls this identity's drop buckets and reports what arrived.
+    async fn report_drops(
+        &mut self,
+        on_event: &mut (dyn FnMut(ListenEvent) + Send),
+    ) -> Result<(), ClientError> {
+        let polled = self.poll_drops().await?;
+        for message in polled.new_messages {
+            on_event(ListenEvent::Message(message));
+        }
+        for rejected in polled.rejected {
+            on_event(ListenEvent::Rejected(rejected));
+        }
+        Ok(())
+    }
+}
+
+/// Keeps a drop subscription (`/v1/drops/ws`) open on one own relay, reconnecting with
+/// backoff, and signals the storing loop on every push.
+async fn drops_loop(
+    timeout: Duration,
+    url: String,
+    prefix: Prefix,
+    mut cursor: u64,
+    sender: mpsc::Sender<FromRelay>,
+) {
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let error = match drops_session(timeout, &url, &prefix, &mut cursor, &sender, &mut backoff).await {
+            Ok(()) => return,
+            Err(error) => error,
+        };
+        let status =
+            FromRelay::Status(ListenEvent::Disconnected { url: url.clone(), error, retry_in: backoff });
+        if sender.send(status).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+        // Whatever arrived while disconnected is picked up by the poll after reconnecting.
+        if sender.send(FromRelay::Drops).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// One drop subscription: returns `Ok` only when the storing loop is gone.
+async fn drops_session(
+    timeout: Duration,
+    url: &str,
+    prefix: &Prefix,
+    cursor: &mut u64,
+    sender: &mpsc::Sender<FromRelay>,
+    backoff: &mut Duration,
+) -> Result<(), RelayError> {
+    let ws_url = match url.strip_prefix("https://") {
+        Some(rest) => format!("wss://{rest}/v1/drops/ws"),
+        None => format!("ws://{}/v1/drops/ws", url.strip_prefix("http://").unwrap_or(url)),
+    };
+    crate::relay::install_tls_provider();
+    let (mut socket, _) = tokio::time::timeout(timeout, tokio_tungstenite::connect_async(ws_url.as_str()))
+        .await
+        .map_err(|_| RelayError::Timeout { url: url.to_owned(), secs: timeout.as_secs() })?
+        .map_err(|e| RelayError::Unreachable { url: url.to_owned(), reason: e.to_string() })?;
+    let subscribe = json!({"bits": prefix.bits(), "value": prefix.value(), "after": *cursor});
+    send_text(&mut socket, url, subscribe.to_string()).await?;
+    let answer = next_frame(&mut socket, url).await?;
+    if answer["subscribed"] != true {
+        return Err(RelayError::Refused {
+            url: url.to_owned(),
+            status: 0,
+            code: answer["code"].as_str().unwrap_or_default().to_owned(),
+            message: answer["error"].as_str().unwrap_or_default().to_owned(),
+        });
+    }
+    *backoff = FIRST_BACKOFF;
+    loop {
+        let push = next_frame(&mut socket, url).await?;
+        if let Some(next) = push["cursor"].as_u64() {
+            *cursor = (*cursor).max(next);
+        }
+        if sender.send(FromRelay::Drops).await.is_err() {
+            return Ok(());
         }
     }
 }

@@ -866,3 +866,15 @@ impl User {
         (child, out)
     }
 }
+
+/// Waits until the file at `path` contains `needle` (or `within` passes); returns its text.
+pub(crate) fn wait_for(path: &Path, needle: &str, within: Duration) -> String {
+    let started = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) || started.elapsed() > within {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
