@@ -177,13 +177,9 @@ async fn drops_loop(
             Ok(()) => return,
             Err(error) => error,
         };
-        let status =
-            FromRelay::Status(ListenEvent::Disconnected { url: url.clone(), error, retry_in: backoff });
-        if sender.send(status).await.is_err() {
+        if !back_off(&sender, &url, error, &mut backoff).await {
             return;
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
         // Whatever arrived while disconnected is picked up by the poll after reconnecting.
         if sender.send(FromRelay::Drops).await.is_err() {
             return;
@@ -200,15 +196,7 @@ async fn drops_session(
     sender: &mpsc::Sender<FromRelay>,
     backoff: &mut Duration,
 ) -> Result<(), RelayError> {
-    let ws_url = match url.strip_prefix("https://") {
-        Some(rest) => format!("wss://{rest}/v1/drops/ws"),
-        None => format!("ws://{}/v1/drops/ws", url.strip_prefix("http://").unwrap_or(url)),
-    };
-    crate::relay::install_tls_provider();
-    let (mut socket, _) = tokio::time::timeout(timeout, tokio_tungstenite::connect_async(ws_url.as_str()))
-        .await
-        .map_err(|_| RelayError::Timeout { url: url.to_owned(), secs: timeout.as_secs() })?
-        .map_err(|e| RelayError::Unreachable { url: url.to_owned(), reason: e.to_string() })?;
+    let mut socket = connect(timeout, url, "/v1/drops/ws").await?;
     let subscribe = json!({"bits": prefix.bits(), "value": prefix.value(), "after": *cursor});
     send_text(&mut socket, url, subscribe.to_string()).await?;
     let answer = next_frame(&mut socket, url).await?;
@@ -248,14 +236,42 @@ async fn relay_loop(
             Ok(()) => return, // the storing loop is gone
             Err(error) => error,
         };
-        let status =
-            FromRelay::Status(ListenEvent::Disconnected { url: url.clone(), error, retry_in: backoff });
-        if sender.send(status).await.is_err() {
+        if !back_off(&sender, &url, error, &mut backoff).await {
             return;
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// Reports a dropped connection, waits `backoff`, and doubles it (up to [`MAX_BACKOFF`]).
+/// `false` when the storing loop is gone.
+async fn back_off(
+    sender: &mpsc::Sender<FromRelay>,
+    url: &str,
+    error: RelayError,
+    backoff: &mut Duration,
+) -> bool {
+    let status =
+        FromRelay::Status(ListenEvent::Disconnected { url: url.to_owned(), error, retry_in: *backoff });
+    if sender.send(status).await.is_err() {
+        return false;
+    }
+    tokio::time::sleep(*backoff).await;
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+    true
+}
+
+/// Opens a WebSocket to `path` on the relay at `url` (`ws://` or `wss://` to match it).
+async fn connect(timeout: Duration, url: &str, path: &str) -> Result<Socket, RelayError> {
+    let ws_url = match url.strip_prefix("https://") {
+        Some(rest) => format!("wss://{rest}{path}"),
+        None => format!("ws://{}{path}", url.strip_prefix("http://").unwrap_or(url)),
+    };
+    crate::relay::install_tls_provider();
+    let (socket, _) = tokio::time::timeout(timeout, tokio_tungstenite::connect_async(ws_url.as_str()))
+        .await
+        .map_err(|_| RelayError::Timeout { url: url.to_owned(), secs: timeout.as_secs() })?
+        .map_err(|e| RelayError::Unreachable { url: url.to_owned(), reason: e.to_string() })?;
+    Ok(socket)
 }
 
 fn frame(id: u64, message_json: &str) -> Result<String, serde_json::Error> {
@@ -276,16 +292,8 @@ async fn session(
     let me = secret.public_key();
     let hello = relays.hello(url).await?;
     let relay_key = hello.relay_key;
-    let ws_url = match url.strip_prefix("https://") {
-        Some(rest) => format!("wss://{rest}/v1/ws"),
-        None => format!("ws://{}/v1/ws", url.strip_prefix("http://").unwrap_or(url)),
-    };
     let timeout = relays.timeout();
-    crate::relay::install_tls_provider();
-    let (mut socket, _) = tokio::time::timeout(timeout, tokio_tungstenite::connect_async(ws_url.as_str()))
-        .await
-        .map_err(|_| RelayError::Timeout { url: url.to_owned(), secs: timeout.as_secs() })?
-        .map_err(|e| RelayError::Unreachable { url: url.to_owned(), reason: e.to_string() })?;
+    let mut socket = connect(timeout, url, "/v1/ws").await?;
     // 1-2: answer the challenge with a signed `session` request.
     let hello_frame = tokio::time::timeout(timeout, next_frame(&mut socket, url))
         .await
