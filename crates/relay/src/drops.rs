@@ -30,7 +30,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::error::{ErrorCode, RelayError};
-use crate::http::{ApiError, OpResult, Shared, admitted_text, error, now_ms, poll_until, read_body};
+use crate::http::{
+    ApiError, OpResult, Shared, admitted_text, blocking, error, now_ms, poll_until, read_body, respond,
+};
 use crate::postage::{DropUpload, Postage};
 
 type ApiResult = Result<Response, ApiError>;
@@ -46,16 +48,6 @@ fn enabled(state: &Shared) -> Result<(), ApiError> {
     } else {
         Err(error(ErrorCode::NotFound, "this relay does not accept drops"))
     }
-}
-
-/// Runs store work on the blocking pool.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, RelayError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| ApiError(RelayError::internal("blocking task failed", &e)))?
-        .map_err(ApiError)
 }
 
 /// `POST /v1/drops`.
@@ -312,11 +304,6 @@ pub(crate) async fn op_postage(state: &Shared, verified: crate::engine::Verified
     let body =
         serde_json::to_value(&response).map_err(|e| ApiError(RelayError::internal("postage JSON", &e)))?;
     Ok((StatusCode::OK, body))
-}
-
-fn respond(result: OpResult) -> ApiResult {
-    let (status, body) = result?;
-    Ok((status, axum::Json(body)).into_response())
 }
 
 /// The postage keys for `GET /v1/info`: the document (base64) and its JSON.

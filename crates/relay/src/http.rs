@@ -341,7 +341,7 @@ fn record_path(path: Result<Path<(String, String, String)>, PathRejection>) -> R
 }
 
 /// Runs store work on the blocking pool (fjall reads and fsyncs block).
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, RelayError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(work)
@@ -377,7 +377,7 @@ fn record_json(record: &StoredRecord) -> Result<Value, ApiError> {
 /// frames share these, so both transports answer identically.
 pub(crate) type OpResult = Result<(StatusCode, Value), ApiError>;
 
-fn respond(result: OpResult) -> ApiResult {
+pub(crate) fn respond(result: OpResult) -> ApiResult {
     let (status, body) = result?;
     Ok((status, axum::Json(body)).into_response())
 }
