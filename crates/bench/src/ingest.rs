@@ -1,11 +1,14 @@
 //! `ingest`: N clients write sealed records as fast as the relay acknowledges them, over
 //! WebSocket sessions (unsigned frames) or, with `--fresh-sessions`, as separately signed
-//! HTTP `PUT`s.
+//! HTTP `PUT`s. With `--rate` the load is open loop instead (writes on a fixed schedule,
+//! whatever the latency), and `--sample-every` records the relay's memory and disk over the
+//! run (the soak test: `scripts/soak.sh`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
@@ -24,7 +27,7 @@ use crate::client::{
     envelope_pools, error_kind, http_client, ingest_receiver, next_text, now_ms, open_session, register,
     relay_key, run_nonce,
 };
-use crate::proc::{CpuSnapshot, CpuWindow, RelaySample, round3};
+use crate::proc::{CpuSnapshot, CpuWindow, RelaySample, disk_bytes, memory, round3};
 use crate::report::{Latency, growth_per, latency_histogram, ratio};
 use crate::spawn::Relay;
 use crate::{CommonArgs, RelayArgs};
@@ -41,6 +44,12 @@ const USABLE_SKEW_MS: u64 = 110_000;
 /// Share of the measured single-core verify rate that the default stock of pre-signed
 /// writes covers for the whole run (a relay needs at least one verify per such write).
 const PRESIGN_SHARE: f64 = 0.5;
+/// Writes in flight per WebSocket client under `--rate` unless `--pipeline` says otherwise.
+const RATE_PIPELINE: usize = 64;
+/// A paced write sent this long after its scheduled moment counts as late.
+const LATE: Duration = Duration::from_millis(10);
+/// Below this share of `--rate` achieved, the run warns that the relay did not keep up.
+const KEPT_UP: f64 = 0.95;
 
 /// `ingest` options.
 #[derive(Args, Debug)]
@@ -62,10 +71,27 @@ pub(crate) struct IngestArgs {
     #[arg(long, default_value_t = 1024, value_name = "BYTES")]
     size: usize,
 
-    /// Writes in flight per client: 1 is a closed loop (each client waits for its ack). With
-    /// --fresh-sessions, K concurrent HTTP requests (K connections) per client.
-    #[arg(long, default_value_t = 1, value_name = "K")]
-    pipeline: usize,
+    /// Writes in flight per client: 1 (the default) is a closed loop (each client waits for
+    /// its ack). With --fresh-sessions, K concurrent HTTP requests (K connections) per client.
+    /// With --rate, the most a client keeps in flight while it keeps to its schedule (default
+    /// 64 on WebSocket sessions, 1 with --fresh-sessions).
+    #[arg(long, value_name = "K")]
+    pipeline: Option<usize>,
+
+    /// Open loop: R writes per second in total, spread evenly over the clients (each client
+    /// sends on its own clock, phases staggered, whatever the latency). A write due while
+    /// its client already has --pipeline in flight waits for a free slot and counts as late;
+    /// writes due before the window closes but never sent are reported (`rate.unsent`), and
+    /// the report compares the acknowledged rate with R.
+    #[arg(long, value_name = "R")]
+    rate: Option<f64>,
+
+    /// Sample the relay's RSS and data-directory size every S seconds from the start of the
+    /// load (warmup included) to the end of the window: `rss_samples` in the report, and
+    /// `rss_growth` (medians of the window's first, second and last quarters, maximum).
+    /// Needs the relay's pid (--spawn, or --relay-pid) and, for disk, its data directory.
+    #[arg(long, value_name = "S")]
+    sample_every: Option<f64>,
 
     /// Every write a separately signed HTTP PUT instead of an unsigned frame in a WebSocket
     /// session: one signature check per write on the relay. Pre-signed before the clock starts.
@@ -120,6 +146,12 @@ struct Outcome {
     sent: u64,
     unanswered: u64,
     signed_inline: u64,
+    /// Paced writes sent more than [`LATE`] after their scheduled moment.
+    late: u64,
+    /// The longest a paced write waited past its scheduled moment, µs.
+    max_lag_us: u64,
+    /// Paced writes due before the window closed but never sent.
+    unsent: u64,
     errors: Errors,
 }
 
@@ -132,6 +164,9 @@ impl Outcome {
             sent: 0,
             unanswered: 0,
             signed_inline: 0,
+            late: 0,
+            max_lag_us: 0,
+            unsent: 0,
             errors: Errors::new(),
         })
     }
@@ -143,6 +178,9 @@ impl Outcome {
         self.sent += other.sent;
         self.unanswered += other.unanswered;
         self.signed_inline += other.signed_inline;
+        self.late += other.late;
+        self.max_lag_us = self.max_lag_us.max(other.max_lag_us);
+        self.unsent += other.unsent;
         for (kind, n) in other.errors {
             *self.errors.entry(kind).or_insert(0) += n;
         }
@@ -156,6 +194,38 @@ impl Outcome {
             self.latency.saturating_record(at.duration_since(sent_at).as_micros().max(1) as u64);
         }
     }
+
+    /// Notes how late write `k` of `pace` goes out at `at`.
+    fn sent_paced(&mut self, pace: &Pace, k: u64, at: Instant) {
+        let lag = at.saturating_duration_since(pace.due_at(k));
+        if lag > LATE {
+            self.late += 1;
+        }
+        self.max_lag_us = self.max_lag_us.max(lag.as_micros() as u64);
+    }
+}
+
+/// An open-loop schedule: write `k` (from 0) of one client is due at
+/// `start + (k + phase) / per_sec`.
+#[derive(Clone, Copy, Debug)]
+struct Pace {
+    start: Instant,
+    per_sec: f64,
+    /// Offset of this client's first write, in periods (0 ≤ phase < 1): clients staggered.
+    phase: f64,
+}
+
+impl Pace {
+    /// When write `k` is due.
+    fn due_at(&self, k: u64) -> Instant {
+        self.start + Duration::from_secs_f64((k as f64 + self.phase) / self.per_sec)
+    }
+
+    /// How many writes are due strictly before `at`.
+    fn due_before(&self, at: Instant) -> u64 {
+        let periods = at.saturating_duration_since(self.start).as_secs_f64() * self.per_sec - self.phase;
+        if periods <= 0.0 { 0 } else { periods.ceil() as u64 }
+    }
 }
 
 /// Everything one client needs to write.
@@ -165,6 +235,8 @@ struct Writer {
     /// Record ids are `<prefix><n>`: run nonce, client (and worker) index, counter.
     prefix: String,
     log: Option<AckSender>,
+    /// Acknowledged writes of every client so far (read by the sampler).
+    acked: Arc<AtomicU64>,
 }
 
 impl Writer {
@@ -176,7 +248,9 @@ impl Writer {
         &self.pool[(n % self.pool.len() as u64) as usize]
     }
 
-    fn log(&self, n: u64) {
+    /// Counts write `n` acknowledged and logs it.
+    fn acked(&self, n: u64) {
+        self.acked.fetch_add(1, Ordering::Relaxed);
         if let Some(log) = &self.log {
             let _ = log.send(ack_line(
                 self.template.owner_hex(),
@@ -187,20 +261,31 @@ impl Writer {
     }
 }
 
-/// One client on a WebSocket session: unsigned write frames, `pipeline` in flight.
+/// One client on a WebSocket session: unsigned write frames, at most `pipeline` in flight;
+/// as fast as the answers come (closed loop), or on the schedule of `pace` (open loop).
 async fn session_client(
     mut socket: Socket,
     writer: Writer,
     pipeline: usize,
     window: Window,
+    pace: Option<Pace>,
 ) -> Result<Outcome> {
     let mut out = Outcome::new()?;
     let mut pending: HashMap<u64, Instant> = HashMap::with_capacity(pipeline * 2);
+    // Writes sent so far; write k (from 0) has frame id and record number k + 1.
     let mut n = 0u64;
     let capacity = writer.envelope(0).b64.len() + 512;
     'run: loop {
+        let now = Instant::now();
+        let sending = now < window.close;
         let mut fed = false;
-        while pending.len() < pipeline && Instant::now() < window.close {
+        while sending && pending.len() < pipeline {
+            if let Some(pace) = &pace {
+                if pace.due_at(n) > now {
+                    break;
+                }
+                out.sent_paced(pace, n, now);
+            }
             n += 1;
             let mut frame = String::with_capacity(capacity);
             writer.template.session_frame(
@@ -224,11 +309,23 @@ async fn session_client(
             out.unanswered += pending.len() as u64;
             break;
         }
-        if pending.is_empty() {
+        // A paced client with a free slot wakes for its next write (or the window's end).
+        let wake = match &pace {
+            Some(pace) if sending && pending.len() < pipeline => {
+                Some(tokio::time::Instant::from_std(pace.due_at(n).min(window.close)))
+            }
+            _ => None,
+        };
+        if pending.is_empty() && wake.is_none() {
             break;
         }
         let give_up = tokio::time::Instant::from_std(window.close.max(Instant::now()) + DRAIN);
-        let text = match tokio::time::timeout_at(give_up, next_text(&mut socket)).await {
+        let received = tokio::select! {
+            received = tokio::time::timeout_at(give_up, next_text(&mut socket)), if !pending.is_empty() => received,
+            () = tokio::time::sleep_until(wake.unwrap_or(give_up)), if wake.is_some() => continue,
+            else => break,
+        };
+        let text = match received {
             Ok(Some(Ok(text))) => text,
             outcome => {
                 count(
@@ -258,11 +355,14 @@ async fn session_client(
         match answer.status {
             Some(200 | 201) => {
                 out.acked(&window, sent_at, at);
-                writer.log(id);
+                writer.acked(id);
             }
             Some(status) => count(&mut out.errors, error_kind(status, answer.body.map_or("", |b| b.get()))),
             None => count(&mut out.errors, "bad_frame"),
         }
+    }
+    if let Some(pace) = &pace {
+        out.unsent = pace.due_before(window.close).saturating_sub(n);
     }
     let _ = socket.close(None).await;
     Ok(out)
@@ -302,6 +402,8 @@ struct HttpWorker {
     receiver: PublicKey,
     writer: Writer,
     stock: Vec<Presigned>,
+    /// The worker's schedule under --rate.
+    pace: Option<Pace>,
 }
 
 async fn http_worker(worker: HttpWorker, window: Window) -> Result<Outcome> {
@@ -310,6 +412,14 @@ async fn http_worker(worker: HttpWorker, window: Window) -> Result<Outcome> {
     let mut body = String::with_capacity(writer.envelope(0).b64.len() + 640);
     let mut n = 0u64;
     while Instant::now() < window.close {
+        if let Some(pace) = &worker.pace {
+            let due = pace.due_at(n);
+            if due >= window.close {
+                break;
+            }
+            tokio::time::sleep_until(tokio::time::Instant::from_std(due)).await;
+            out.sent_paced(pace, n, Instant::now());
+        }
         n += 1;
         let stocked = worker.stock.get((n - 1) as usize).filter(|p| now_ms() < p.timestamp + USABLE_SKEW_MS);
         let (timestamp, sig) = match stocked {
@@ -333,7 +443,7 @@ async fn http_worker(worker: HttpWorker, window: Window) -> Result<Outcome> {
                 match (status, text) {
                     (200 | 201, Ok(_)) => {
                         out.acked(&window, sent_at, at);
-                        writer.log(n);
+                        writer.acked(n);
                     }
                     (200 | 201, Err(_)) => {
                         // Stored, but the answer was cut: not counted as acknowledged.
@@ -353,6 +463,9 @@ async fn http_worker(worker: HttpWorker, window: Window) -> Result<Outcome> {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+    }
+    if let Some(pace) = &worker.pace {
+        out.unsent = pace.due_before(window.close).saturating_sub(n);
     }
     Ok(out)
 }
@@ -382,6 +495,140 @@ struct Setup {
 struct AckedLogReport {
     path: String,
     lines: u64,
+}
+
+/// The open-loop schedule (`--rate`) and how well it was kept.
+#[derive(Debug, Serialize)]
+struct RateReport {
+    /// Acknowledged writes per second asked for (`--rate`).
+    target_per_sec: f64,
+    /// Acknowledged writes per second in the window (= `writes_per_sec`).
+    achieved_per_sec: f64,
+    /// achieved / target.
+    achieved_share: Option<f64>,
+    /// Most writes in flight per client (per client and HTTP worker with --fresh-sessions).
+    in_flight_cap: usize,
+    /// Writes sent more than 10 ms after their scheduled moment (every slot of their client
+    /// was taken, or the generator was short of CPU): the relay, or this generator, fell
+    /// behind the schedule.
+    late: u64,
+    /// The longest a write waited past its scheduled moment, ms.
+    max_lag_ms: f64,
+    /// Writes due before the window closed that were never sent.
+    unsent: u64,
+}
+
+/// The relay's memory and disk at one moment of the run.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct RssSample {
+    /// Seconds since the load started (the warmup included).
+    t_s: f64,
+    /// Resident set size (`VmRSS`), bytes.
+    rss_bytes: Option<u64>,
+    /// Bytes of the files under the relay's data directory.
+    disk_bytes: Option<u64>,
+    /// Writes acknowledged so far (warmup included).
+    acked: u64,
+}
+
+/// Whether the relay's RSS grew over the window: medians of the samples in its quarters.
+#[derive(Debug, Default, Serialize)]
+struct RssGrowth {
+    /// Samples in the measured window (after the warmup), which the quarters divide.
+    samples: usize,
+    /// Median RSS of the window's first quarter, bytes.
+    q1_median_bytes: Option<u64>,
+    /// Median RSS of the second quarter, bytes (the soak's baseline: caches filled).
+    q2_median_bytes: Option<u64>,
+    /// Median RSS of the last quarter, bytes.
+    q4_median_bytes: Option<u64>,
+    /// The largest RSS sampled in the window, bytes.
+    max_bytes: Option<u64>,
+    /// q4 median − q1 median, bytes.
+    growth_q1_q4_bytes: Option<i64>,
+    /// q4 median − q2 median, bytes.
+    growth_q2_q4_bytes: Option<i64>,
+    /// (q4 median − q2 median) / q2 median, percent.
+    growth_q2_q4_pct: Option<f64>,
+    /// Growth of the data directory over the window, bytes.
+    disk_growth_bytes: Option<i64>,
+}
+
+impl RssGrowth {
+    /// The quarters of the window `[warmup, warmup + seconds]` over `samples`.
+    fn of(samples: &[RssSample], warmup: f64, seconds: f64) -> Self {
+        let window: Vec<&RssSample> =
+            samples.iter().filter(|s| s.t_s >= warmup - 1e-6 && s.t_s <= warmup + seconds + 1e-6).collect();
+        let quarter = |q: usize| -> Vec<u64> {
+            window
+                .iter()
+                .filter(|s| (((s.t_s - warmup) / seconds * 4.0).floor().max(0.0) as usize).min(3) == q)
+                .filter_map(|s| s.rss_bytes)
+                .collect()
+        };
+        let (q1, q2, q4) = (median(quarter(0)), median(quarter(1)), median(quarter(3)));
+        let diff = |a: Option<u64>, b: Option<u64>| Some(a? as i64 - b? as i64);
+        let disks: Vec<u64> = window.iter().filter_map(|s| s.disk_bytes).collect();
+        Self {
+            samples: window.len(),
+            q1_median_bytes: q1,
+            q2_median_bytes: q2,
+            q4_median_bytes: q4,
+            max_bytes: window.iter().filter_map(|s| s.rss_bytes).max(),
+            growth_q1_q4_bytes: diff(q4, q1),
+            growth_q2_q4_bytes: diff(q4, q2),
+            growth_q2_q4_pct: match (diff(q4, q2), q2) {
+                (Some(growth), Some(base)) if base > 0 => Some(round3(growth as f64 / base as f64 * 100.0)),
+                _ => None,
+            },
+            disk_growth_bytes: diff(disks.last().copied(), disks.first().copied()),
+        }
+    }
+}
+
+/// The median (the lower middle of an even count), or `None` for no values.
+fn median(mut values: Vec<u64>) -> Option<u64> {
+    values.sort_unstable();
+    values.get(values.len().checked_sub(1)? / 2).copied()
+}
+
+/// Samples the relay every `every` from `start` until `close` (one last sample at `close`),
+/// or until `stop` fires (one last sample then: the clients are done).
+async fn sample_relay(
+    pid: Option<u32>,
+    data: Option<PathBuf>,
+    acked: Arc<AtomicU64>,
+    start: Instant,
+    close: Instant,
+    every: Duration,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> Vec<RssSample> {
+    let mut samples = Vec::new();
+    for k in 0u32.. {
+        let mut at = (start + every * k).min(close);
+        let stopped = tokio::select! {
+            () = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => false,
+            _ = &mut stop => true,
+        };
+        if stopped {
+            at = Instant::now().min(close);
+        }
+        let rss_bytes = pid.and_then(|pid| memory(pid).rss_kb).map(|kb| kb * 1024);
+        let disk_bytes = match data.clone() {
+            Some(dir) => tokio::task::spawn_blocking(move || disk_bytes(&dir)).await.ok().flatten(),
+            None => None,
+        };
+        samples.push(RssSample {
+            t_s: round3(at.duration_since(start).as_secs_f64()),
+            rss_bytes,
+            disk_bytes,
+            acked: acked.load(Ordering::Relaxed),
+        });
+        if stopped || at >= close {
+            break;
+        }
+    }
+    samples
 }
 
 #[derive(Serialize)]
@@ -421,6 +668,15 @@ struct Report {
     setup: Setup,
     #[serde(skip_serializing_if = "Option::is_none")]
     acked_log: Option<AckedLogReport>,
+    /// The open-loop schedule, with --rate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate: Option<RateReport>,
+    /// RSS over the window, with --sample-every.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rss_growth: Option<RssGrowth>,
+    /// The samples, with --sample-every (in the human report, a table after it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rss_samples: Option<Vec<RssSample>>,
 }
 
 /// `pigeonhole-bench ingest`.
@@ -428,19 +684,50 @@ pub(crate) async fn run(args: IngestArgs) -> Result<ExitCode> {
     if args.clients == 0 || args.pool == 0 {
         bail!("--clients and --pool must be at least 1");
     }
-    if args.pipeline == 0 || args.pipeline > MAX_PIPELINE {
+    let pipeline = pipeline(&args);
+    if pipeline == 0 || pipeline > MAX_PIPELINE {
         bail!("--pipeline must be between 1 and {MAX_PIPELINE} (the relay's limit per connection)");
     }
     if args.seconds.is_nan() || args.seconds <= 0.0 || args.warmup.is_nan() || args.warmup < 0.0 {
         bail!("--seconds must be positive and --warmup not negative");
     }
+    if args.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+        bail!("--rate must be a positive number of writes per second");
+    }
+    if args.sample_every.is_some_and(|s| !(s.is_finite() && s >= 0.05)) {
+        bail!("--sample-every must be at least 0.05 seconds");
+    }
     let relay = Relay::resolve(&args.relay).await?;
+    if args.sample_every.is_some() && relay.pid.is_none() {
+        eprintln!("warning: --sample-every without the relay's pid (--spawn or --relay-pid): no RSS samples");
+    }
     let result = ingest(&args, &relay).await;
     let stopped = relay.stop().await;
-    let report = result?;
+    let mut report = result?;
     stopped?;
+    let samples = if args.common.json { None } else { report.rss_samples.take() };
     crate::report::print(args.common.json, "ingest", &report)?;
+    if let Some(samples) = samples {
+        print_samples(&samples);
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes in flight per client (or HTTP workers per client): --pipeline, else the default
+/// of the mode.
+fn pipeline(args: &IngestArgs) -> usize {
+    args.pipeline.unwrap_or(if args.rate.is_some() && !args.fresh_sessions { RATE_PIPELINE } else { 1 })
+}
+
+/// The samples as a table, for people.
+fn print_samples(samples: &[RssSample]) {
+    const MIB: f64 = 1024.0 * 1024.0;
+    let mib = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| format!("{:.1}", v as f64 / MIB));
+    println!("rss samples");
+    println!("  {:>9}  {:>9}  {:>10}  {:>12}", "t_s", "rss_mib", "disk_mib", "acked");
+    for s in samples {
+        println!("  {:>9.1}  {:>9}  {:>10}  {:>12}", s.t_s, mib(s.rss_bytes), mib(s.disk_bytes), s.acked);
+    }
 }
 
 async fn ingest(args: &IngestArgs, relay: &Relay) -> Result<Report> {
@@ -481,7 +768,9 @@ async fn ingest(args: &IngestArgs, relay: &Relay) -> Result<Report> {
     setup.register_secs = round3(started.elapsed().as_secs_f64());
 
     let nonce = run_nonce();
+    let pipeline = pipeline(args);
     let log = args.acked_log.as_deref().map(AckLog::open).transpose()?;
+    let acked = Arc::new(AtomicU64::new(0));
     let writer = |i: usize, worker: Option<usize>| Writer {
         template: WriteTemplate::new(keys[i].public_key(), receiver, args.ttl),
         pool: pools[i].clone(),
@@ -490,6 +779,13 @@ async fn ingest(args: &IngestArgs, relay: &Relay) -> Result<Report> {
             None => format!("{nonce}-{i}-"),
         },
         log: log.as_ref().map(AckLog::sender),
+        acked: acked.clone(),
+    };
+    // Under --rate, each of `lanes` senders (clients, or HTTP workers) keeps `rate / lanes`
+    // per second, lane `l` offset by `l / lanes` of a period; `start` is set when the run does.
+    let lanes = if args.fresh_sessions { args.clients * pipeline } else { args.clients };
+    let pace = |start: Instant, lane: usize| {
+        args.rate.map(|rate| Pace { start, per_sec: rate / lanes as f64, phase: lane as f64 / lanes as f64 })
     };
 
     enum Prepared {
@@ -498,18 +794,21 @@ async fn ingest(args: &IngestArgs, relay: &Relay) -> Result<Report> {
     }
     let prepared = if args.fresh_sessions {
         let per_client = args.presign.unwrap_or_else(|| {
-            let budget = verify.verify_per_sec * (args.warmup + args.seconds) * PRESIGN_SHARE;
+            let mut budget = verify.verify_per_sec * (args.warmup + args.seconds) * PRESIGN_SHARE;
+            if let Some(rate) = args.rate {
+                budget = budget.min(rate * (args.warmup + args.seconds) * 1.05 + pipeline as f64);
+            }
             (budget / args.clients as f64).ceil() as usize
         });
-        let per_worker = per_client.div_ceil(args.pipeline);
+        let per_worker = per_client.div_ceil(pipeline);
         let mut workers = Vec::new();
         for (i, key) in keys.iter().enumerate() {
             let client = reqwest::Client::builder()
                 .timeout(DRAIN)
-                .pool_max_idle_per_host(args.pipeline)
+                .pool_max_idle_per_host(pipeline)
                 .build()
                 .context("building an HTTP client")?;
-            for w in 0..args.pipeline {
+            for w in 0..pipeline {
                 workers.push(HttpWorker {
                     http: client.clone(),
                     base: format!(
@@ -522,6 +821,7 @@ async fn ingest(args: &IngestArgs, relay: &Relay) -> Result<Report> {
                     receiver,
                     writer: writer(i, Some(w)),
                     stock: Vec::new(),
+                    pace: None,
                 });
             }
         }
@@ -530,7 +830,7 @@ async fn ingest(args: &IngestArgs, relay: &Relay) -> Result<Report> {
             .await
             .context("the signing threads")??;
         setup.presign_secs = Some(round3(started.elapsed().as_secs_f64()));
-        setup.presigned_per_client = Some(per_worker * args.pipeline);
+        setup.presigned_per_client = Some(per_worker * pipeline);
         Prepared::Http(workers)
     } else {
         let started = Instant::now();
@@ -561,15 +861,28 @@ async fn ingest(args: &IngestArgs, relay: &Relay) -> Result<Report> {
         tokio::time::sleep_until(tokio::time::Instant::from_std(window.close)).await;
         (first, CpuSnapshot::take(pid))
     });
+    let (stop_sampling, stop) = tokio::sync::oneshot::channel();
+    let samples = args.sample_every.map(|every| {
+        tokio::spawn(sample_relay(
+            pid,
+            relay.data.clone(),
+            acked.clone(),
+            start,
+            window.close,
+            Duration::from_secs_f64(every),
+            stop,
+        ))
+    });
     let mut tasks = JoinSet::new();
     match prepared {
         Prepared::Sessions(sockets) => {
             for (i, socket) in sockets.into_iter().enumerate() {
-                tasks.spawn(session_client(socket, writer(i, None), args.pipeline, window));
+                tasks.spawn(session_client(socket, writer(i, None), pipeline, window, pace(start, i)));
             }
         }
         Prepared::Http(workers) => {
-            for worker in workers {
+            for (lane, mut worker) in workers.into_iter().enumerate() {
+                worker.pace = pace(start, lane);
                 tasks.spawn(http_worker(worker, window));
             }
         }
@@ -578,6 +891,12 @@ async fn ingest(args: &IngestArgs, relay: &Relay) -> Result<Report> {
     while let Some(done) = tasks.join_next().await {
         total.merge(done.context("a client task")??)?;
     }
+    // Every client is done: at the window's end, or earlier if the relay went away.
+    let _ = stop_sampling.send(());
+    let rss_samples = match samples {
+        Some(task) => Some(task.await.context("the relay sampler")?),
+        None => None,
+    };
     let (first, last) = if Instant::now() >= window.close {
         sampler.await.context("the CPU sampler")?
     } else {
@@ -611,6 +930,24 @@ async fn ingest(args: &IngestArgs, relay: &Relay) -> Result<Report> {
         );
     }
     let writes_per_sec = (total.acked_in_window as f64 / args.seconds).round();
+    let rate = args.rate.map(|target| RateReport {
+        target_per_sec: target,
+        achieved_per_sec: writes_per_sec,
+        achieved_share: ratio(writes_per_sec, target),
+        in_flight_cap: pipeline,
+        late: total.late,
+        max_lag_ms: round3(total.max_lag_us as f64 / 1000.0),
+        unsent: total.unsent,
+    });
+    if let Some(rate) = &rate
+        && rate.achieved_share.is_some_and(|share| share < KEPT_UP)
+    {
+        eprintln!(
+            "warning: the schedule was not kept: {} acknowledged writes/s of the {} asked for ({} writes \
+             sent late, {} never sent); see cpu.relay_cores and cpu.bench_cores for which side was short",
+            rate.achieved_per_sec, rate.target_per_sec, rate.late, rate.unsent
+        );
+    }
     let relay_cpu_secs = cpu.relay_cores.map(|c| c * cpu.seconds);
     if args.fresh_sessions {
         setup.signed_inline = Some(total.signed_inline);
@@ -620,7 +957,7 @@ async fn ingest(args: &IngestArgs, relay: &Relay) -> Result<Report> {
         mode: if args.fresh_sessions { "fresh-sessions" } else { "session" },
         relay_url: relay.url.clone(),
         clients: args.clients,
-        pipeline: args.pipeline,
+        pipeline,
         seconds: args.seconds,
         warmup: args.warmup,
         size: args.size,
@@ -645,6 +982,9 @@ async fn ingest(args: &IngestArgs, relay: &Relay) -> Result<Report> {
         disk_bytes_per_write: growth_per(before.disk_bytes, after.disk_bytes, total.acked_total),
         setup,
         acked_log,
+        rate,
+        rss_growth: rss_samples.as_deref().map(|s| RssGrowth::of(s, args.warmup, args.seconds)),
+        rss_samples,
     })
 }
 
@@ -670,4 +1010,54 @@ fn presign(mut workers: Vec<HttpWorker>, count: usize) -> Result<Vec<HttpWorker>
         }
     });
     Ok(workers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pace_spreads_writes_evenly_from_its_phase() {
+        let start = Instant::now();
+        let pace = Pace { start, per_sec: 100.0, phase: 0.5 };
+        assert_eq!(pace.due_at(0), start + Duration::from_millis(5));
+        assert_eq!(pace.due_at(10), start + Duration::from_millis(105));
+        assert_eq!(pace.due_before(start), 0);
+        assert_eq!(pace.due_before(start + Duration::from_millis(5)), 0, "due at 5 ms: not before it");
+        assert_eq!(pace.due_before(start + Duration::from_millis(6)), 1);
+        assert_eq!(pace.due_before(start + Duration::from_secs(1)), 100);
+    }
+
+    #[test]
+    fn medians_take_the_lower_middle() {
+        assert_eq!(median(vec![]), None);
+        assert_eq!(median(vec![7]), Some(7));
+        assert_eq!(median(vec![9, 1, 5]), Some(5));
+        assert_eq!(median(vec![4, 1, 3, 2]), Some(2));
+    }
+
+    #[test]
+    fn rss_growth_compares_the_quarters_of_the_window() {
+        // Warmup 10 s, window 40 s, a sample every 5 s: quarters of 10 s from t = 10.
+        let samples: Vec<RssSample> = (0..=10u32)
+            .map(|k| RssSample {
+                t_s: f64::from(k) * 5.0,
+                rss_bytes: Some(1000 + u64::from(k) * 10),
+                disk_bytes: Some(u64::from(k) * 100),
+                acked: u64::from(k),
+            })
+            .collect();
+        let growth = RssGrowth::of(&samples, 10.0, 40.0);
+        assert_eq!(growth.samples, 9, "t = 10 … 50");
+        assert_eq!(growth.q1_median_bytes, Some(1020), "t = 10, 15");
+        assert_eq!(growth.q2_median_bytes, Some(1040), "t = 20, 25");
+        assert_eq!(growth.q4_median_bytes, Some(1090), "t = 40, 45, 50");
+        assert_eq!(growth.max_bytes, Some(1100));
+        assert_eq!(growth.growth_q1_q4_bytes, Some(70));
+        assert_eq!(growth.growth_q2_q4_bytes, Some(50));
+        assert_eq!(growth.growth_q2_q4_pct, Some(4.808));
+        assert_eq!(growth.disk_growth_bytes, Some(800));
+        let none = RssGrowth::of(&[], 10.0, 40.0);
+        assert_eq!((none.samples, none.q2_median_bytes, none.growth_q2_q4_pct), (0, None, None));
+    }
 }

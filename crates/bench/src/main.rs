@@ -10,7 +10,10 @@
 //!   write a separately signed HTTP `PUT`), reporting acknowledged writes per second, ack
 //!   latency percentiles and errors, and optionally logging every acknowledged record;
 //! - `sync`: one outbox filled with R records, then pulled by its receiver over a `listen`;
+//! - `deliver`: W writers write open loop at a fixed rate to R listening receivers, reporting
+//!   end-to-end delivery latency (write sent to push received) and any acked record missed;
 //! - `check`: confirms that every record in an acked log is readable on the relay;
+//! - `fill`: puts N records into a relay data directory, then measures disk use and restart;
 //! - `drops`: postage issuance, drop uploads per second, the recipient's scan rate, and
 //!   long-poll wake-up latency.
 //!
@@ -26,7 +29,9 @@
 mod calibrate;
 mod check;
 mod client;
+mod deliver;
 mod drops;
+mod fill;
 mod ingest;
 mod proc;
 mod report;
@@ -54,6 +59,7 @@ Typical use (build first: cargo build --release -p pigeonhole -p pigeonhole-benc
   pigeonhole-bench ingest --spawn --clients 64 --seconds 20 --size 1024
   pigeonhole-bench ingest --spawn --clients 64 --seconds 20 --size 1024 --fresh-sessions
   pigeonhole-bench sync --spawn --records 50000 --size 1024
+  pigeonhole-bench deliver --spawn --rate 2500   # half the writes_per_sec that ingest reported
   pigeonhole-bench ingest --relay http://127.0.0.1:7070 --acked-log acked.txt ...
   pigeonhole-bench check --relay http://127.0.0.1:7070 --acked-log acked.txt
 
@@ -111,6 +117,38 @@ enum Command {
     /// session), then the receiver pulls them all with a WebSocket `listen` (pushes of up to
     /// 32 records); reports records_per_sec and mb_per_sec of the pull phase.
     Sync(sync::SyncArgs),
+    /// End-to-end delivery latency: W writers write open loop at a fixed total rate to R
+    /// receivers that hold WebSocket listens; the latency of a record runs from the instant its
+    /// write was sent to the instant its push reached the receiver.
+    ///
+    /// Run `ingest` first to find the relay's maximum (its writes_per_sec with the same
+    /// --size), then `deliver --rate <half of it>`: the target is delivery p99 under 25 ms at
+    /// half the maximum ingest rate.
+    ///
+    /// Each writer is one identity (keys from --seed) on its own WebSocket session, sending
+    /// sealed ~BYTES records as unsigned write frames (envelopes sealed before the clock
+    /// starts, --pool per writer and receiver). Open loop: each writer ticks every
+    /// WRITERS / RATE seconds (ticks staggered across writers) and sends at every tick without
+    /// waiting for earlier acks, so the load does not drop when the relay slows down; a writer
+    /// skips a tick only when 256 writes are already in flight on its connection (the relay's
+    /// limit), and the report counts those (`skipped`). With --pattern round-robin (default)
+    /// writer w's n-th write goes to receiver (w + n) mod R and every receiver listens to
+    /// every writer's outbox; with --pattern fixed writer w writes only to receiver w mod R.
+    ///
+    /// Each receiver opens one session and sends one `listen` per writer it hears from,
+    /// starting after the current time (records of earlier runs are skipped); all are
+    /// answered before the first write. A receiver that the relay closes for falling behind
+    /// (4008) resumes from its cursors. Record ids name the writer and the write's number,
+    /// which finds its send instant (one process, one monotonic clock).
+    ///
+    /// Reported: the rate asked, writes sent, acked and delivered per second (of the writes
+    /// sent in the window after --warmup), delivery latency, ack latency and the generator's
+    /// own lag behind its schedule (p50/p99/p999/max ms), errors by kind, the relay's CPU
+    /// (by thread), RSS and disk, and ratios to the single-core verify rate. After the last
+    /// ack the run waits up to --drain seconds for every acknowledged record to be pushed:
+    /// any still missing is reported (`missing`, with examples) and the exit status is
+    /// non-zero.
+    Deliver(deliver::DeliverArgs),
     /// Confirm that every record in an acked log (written by `ingest --acked-log`) is on the
     /// relay: signed inventories as the receiver, paged with afterSeq (inventory does not
     /// count against pull limits the way reads do). Exits non-zero if any is missing.
@@ -127,6 +165,18 @@ enum Command {
     /// (one ECDH each). Finally --wake-rounds long polls each wait on a fresh 32-bit prefix
     /// while a matching drop is posted: the latency is from posting to the poll's answer.
     Drops(drops::DropsArgs),
+    /// Fill a relay's data directory with N records through the store's batch API (the call
+    /// the relay's commit thread makes), then measure what the store costs: bytes on disk
+    /// against bytes stored, and the relay's restart time and memory on it.
+    ///
+    /// For benchmarks against a store that already holds millions of records: fill once, copy
+    /// the directory, and pass the copy to `ingest --spawn --spawn-data COPY`. Records are
+    /// session writes (a `write` request's canonical bytes, the sealed letter as content) from
+    /// --owners writers to --receivers receivers, --pool sealed envelopes reused under fresh
+    /// record ids. With --restarts N (default 3) the relay is started on DIR N times: reported
+    /// are the time from exec to its first answered `GET /health`, its RSS, and its RSS after
+    /// signed inventories of 64 outboxes. No relay may be running on DIR while it fills.
+    Fill(fill::FillArgs),
 }
 
 /// Where the relay is and what to sample from it.
@@ -203,7 +253,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Calibrate(args) => runtime.block_on(calibrate::run(args)),
         Command::Ingest(args) => runtime.block_on(ingest::run(args)),
         Command::Sync(args) => runtime.block_on(sync::run(args)),
+        Command::Deliver(args) => runtime.block_on(deliver::run(args)),
         Command::Check(args) => runtime.block_on(check::run(args)),
         Command::Drops(args) => runtime.block_on(drops::run(args)),
+        Command::Fill(args) => runtime.block_on(fill::run(args)),
     }
 }

@@ -138,3 +138,85 @@ fn sync_pulls_every_record_from_a_spawned_relay() {
     assert!(report["records_per_sec"].as_f64().unwrap() > 0.0, "{report}");
     assert!(report["relay_after"]["disk_bytes"].as_u64().unwrap() > 0, "{report}");
 }
+
+#[test]
+fn deliver_pushes_every_acknowledged_record_to_its_receiver() {
+    let relay = relay_binary();
+    let (ok, report) = run_bench(&[
+        "deliver",
+        "--spawn",
+        "--pigeonhole",
+        relay.to_str().unwrap(),
+        "--rate",
+        "200",
+        "--seconds",
+        "2",
+        "--writers",
+        "4",
+        "--receivers",
+        "2",
+    ]);
+    assert!(ok, "{report}");
+    let acked = report["acked"].as_u64().unwrap();
+    let delivered = report["delivered"].as_u64().unwrap();
+    assert!(acked > 0 && delivered > 0, "{report}");
+    assert_eq!(report["missing"].as_u64(), Some(0), "every acked record is pushed: {report}");
+    assert!(delivered >= acked, "{report}");
+    assert_eq!(
+        report["listens"].as_u64(),
+        Some(8),
+        "round-robin: every receiver hears every writer: {report}"
+    );
+    for latency in ["delivery_latency", "ack_latency"] {
+        for field in ["p50_ms", "p99_ms", "p999_ms", "max_ms"] {
+            assert!(report[latency][field].as_f64().is_some(), "{latency}.{field}: {report}");
+        }
+        assert!(report[latency]["samples"].as_u64().unwrap() > 0, "{latency}: {report}");
+    }
+    assert!(report["delivered_per_sec"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(report["verify_per_sec"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(report["relay_after"]["rss_kb"].as_u64().unwrap() > 0, "{report}");
+}
+
+#[test]
+fn fill_stores_records_that_a_restarted_relay_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let relay = relay_binary();
+    let data_arg = data.to_str().unwrap();
+    let fill = |records: &str| {
+        run_bench(&[
+            "fill",
+            "--data",
+            data_arg,
+            "--records",
+            records,
+            "--owners",
+            "4",
+            "--receivers",
+            "3",
+            "--batch",
+            "500",
+            "--pool",
+            "4",
+            "--restarts",
+            "1",
+            "--pigeonhole",
+            relay.to_str().unwrap(),
+        ])
+    };
+    let (ok, report) = fill("1200");
+    assert!(ok, "{report}");
+    assert_eq!(report["records_added"], 1200);
+    assert_eq!(report["records_in_store"], 1200);
+    assert!(report["stored_bytes"].as_u64().unwrap() > 1200 * 1000, "{report}");
+    assert!(report["disk_per_stored_byte"].as_f64().unwrap() > 0.0, "{report}");
+    let restart = &report["restarts"][0];
+    // Three receivers, each with 100-id pages listed from its first outbox.
+    assert!(restart["listed"].as_u64().unwrap() >= 3 * 100, "{report}");
+    assert!(restart["serving_ms"].as_f64().unwrap() >= restart["listening_ms"].as_f64().unwrap());
+    // A second fill adds to the same store under fresh record ids.
+    let (ok, report) = fill("300");
+    assert!(ok, "{report}");
+    assert_eq!(report["records_in_store"], 1500);
+}
