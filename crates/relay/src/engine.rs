@@ -15,8 +15,7 @@ use pigeonhole_proto::keys::{PublicKey, SecretKey};
 use pigeonhole_proto::receipt::{RelayDocument, RelayInfo, UsageEntry, UsageReport};
 use pigeonhole_proto::request::{Inventory, Listen, Message, Request, SignedMessage};
 use pigeonhole_store::{
-    Account, AccountStatus, ListQuery, NewRecord, ReadKey, ReadOutcome, RecordMeta, Store, StoreError,
-    StoredRecord,
+    Account, AccountStatus, ListQuery, NewRecord, ReadOutcome, RecordMeta, Store, StoreError, StoredRecord,
 };
 
 use crate::config::{AccountPolicy, RelayConfig};
@@ -575,8 +574,8 @@ impl Engine {
     /// Delivers up to `limit` records of an outbox after `after_seq` to a listener, and the
     /// cursor after them. Deliveries to the receiver are reads: they are counted against each
     /// record's pull limit and logged for usage reports, in one durable commit per page (the
-    /// owner watching its own outbox is not a read). A record exhausted or deleted between the
-    /// scan and the count is left out; the cursor still moves past it.
+    /// owner watching its own outbox is not a read). After the first record, a page holds at
+    /// most `max_bytes` of record bytes.
     pub fn deliver(
         &self,
         reader: &PublicKey,
@@ -584,35 +583,33 @@ impl Engine {
         receiver: &PublicKey,
         after_seq: u64,
         limit: usize,
+        max_bytes: usize,
         now: u64,
     ) -> Result<(Vec<StoredRecord>, u64), RelayError> {
         let limit = limit.min(self.config.limits.max_inventory as usize);
-        let records = self.store.fetch_after(owner, receiver, after_seq, limit, now)?;
-        let cursor = records.last().map_or(after_seq, |r| r.meta.seq);
-        if reader != receiver || records.is_empty() {
+        if reader != receiver {
+            let records = self.store.fetch_after(owner, receiver, after_seq, limit, now)?;
+            let cursor = records.last().map_or(after_seq, |r| r.meta.seq);
             return Ok((records, cursor));
         }
-        let keys: Vec<ReadKey> = records
-            .iter()
-            .map(|r| ReadKey { owner: *owner, receiver: *receiver, record_id: r.meta.record_id.clone() })
-            .collect();
-        let outcomes = match self.store.read_batch(&keys, now) {
+        let served = match self.store.read_after(owner, receiver, after_seq, limit, max_bytes, now) {
             Err(StoreError::Full) => {
+                // Serving must not stop because the usage log cannot grow: serve uncounted.
                 Self::uncounted_read();
+                let records = self.store.fetch_after(owner, receiver, after_seq, limit, now)?;
+                let cursor = records.last().map_or(after_seq, |r| r.meta.seq);
                 return Ok((records, cursor));
             }
             other => other?,
         };
-        let served = outcomes
+        let cursor = served.last().map_or(after_seq, |(r, _)| r.meta.seq);
+        let served = served
             .into_iter()
-            .filter_map(|outcome| match outcome {
-                ReadOutcome::Served { record, exhausted } => {
-                    if exhausted {
-                        self.forget_write(record.meta.record_hash, now);
-                    }
-                    Some(record)
+            .map(|(record, exhausted)| {
+                if exhausted {
+                    self.forget_write(record.meta.record_hash, now);
                 }
-                ReadOutcome::NotFound => None,
+                record
             })
             .collect();
         Ok((served, cursor))

@@ -24,7 +24,8 @@ use pigeonhole_proto::keys::PublicKey;
 use pigeonhole_proto::payload::validate_record_id;
 use pigeonhole_proto::request::Request as ProtoRequest;
 use pigeonhole_store::{RecordMeta, StoredRecord};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::commit::Committer;
@@ -363,14 +364,43 @@ fn meta_json(meta: &RecordMeta) -> Value {
     })
 }
 
-fn record_json(record: &StoredRecord) -> Result<Value, ApiError> {
+/// A record as reads, listens and long polls serve it: its metadata, then the stored request
+/// as JSON (spliced in as written by the protocol's encoder, never re-parsed).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct RecordOut {
+    record_id: String,
+    seq: u64,
+    stored_at: u64,
+    expires_at: u64,
+    size: u32,
+    pulls: u32,
+    max_pulls: u32,
+    tag: Option<String>,
+    record: Box<RawValue>,
+}
+
+fn record_out(record: StoredRecord) -> Result<RecordOut, ApiError> {
     let stored = Verified::from_stored_bytes(&record.bytes)
         .map_err(|e| ApiError(RelayError::internal("a stored record does not decode", &e)))?;
-    let msg: Value = serde_json::from_str(&stored.to_json())
+    let msg = RawValue::from_string(stored.to_json())
         .map_err(|e| ApiError(RelayError::internal("record JSON", &e)))?;
-    let mut out = meta_json(&record.meta);
-    out["record"] = msg;
-    Ok(out)
+    let meta = record.meta;
+    Ok(RecordOut {
+        record_id: meta.record_id,
+        seq: meta.seq,
+        stored_at: meta.stored_at,
+        expires_at: meta.expires_at,
+        size: meta.size,
+        pulls: meta.pulls,
+        max_pulls: meta.max_pulls,
+        tag: meta.tag.map(|t| t.to_hex()),
+        record: msg,
+    })
+}
+
+fn record_json(record: StoredRecord) -> Result<Value, ApiError> {
+    serde_json::to_value(record_out(record)?).map_err(|e| ApiError(RelayError::internal("record JSON", &e)))
 }
 
 /// The outcome of one operation: a status and a JSON body. HTTP handlers and WebSocket
@@ -419,7 +449,7 @@ pub(crate) async fn op_record(state: &Shared, verified: Verified, path: RequestP
     let result = blocking(move || engine.record_op(&verified, &path, now)).await?;
     match result {
         Some(read) => {
-            let mut body = record_json(&read.record)?;
+            let mut body = record_json(read.record)?;
             body["exhausted"] = json!(read.exhausted);
             Ok((StatusCode::OK, body))
         }
@@ -522,6 +552,18 @@ async fn outbox(
     }
 }
 
+/// A page of records: a long poll's answer.
+#[derive(Serialize)]
+struct Page {
+    records: Vec<RecordOut>,
+    cursor: u64,
+}
+
+/// Most bytes of stored records in one page of a listen (a push or a long poll's answer), past
+/// its first record: large pages make few durable commits of read counts, bounded ones keep a
+/// page well inside a connection's outbound byte budget.
+pub(crate) const PAGE_BYTES: usize = 1 << 20;
+
 /// `listen` as a long poll: returns records after the cursor at once if there are any, or
 /// waits up to `wait` seconds for the first commit to this outbox.
 async fn long_poll(state: Shared, verified: Verified, path: RequestPath, wait: u32) -> ApiResult {
@@ -546,8 +588,8 @@ async fn long_poll(state: Shared, verified: Verified, path: RequestPath, wait: u
         }
     })
     .await?;
-    let (list, next) = found.unwrap_or((Vec::new(), cursor));
-    Ok(axum::Json(json!({"records": list, "cursor": next})).into_response())
+    let (records, cursor) = found.unwrap_or((Vec::new(), cursor));
+    Ok(axum::Json(Page { records, cursor }).into_response())
 }
 
 /// The long-poll loop that outbox listens and drop fetches share: `fetch` (armed on `notify`
@@ -593,11 +635,12 @@ pub(crate) async fn fetch_page(
     receiver: PublicKey,
     cursor: u64,
     limit: usize,
-) -> Result<(Vec<Value>, u64), ApiError> {
+) -> Result<(Vec<RecordOut>, u64), ApiError> {
     let engine = state.engine.clone();
     let (records, next) =
-        blocking(move || engine.deliver(&reader, &owner, &receiver, cursor, limit, now_ms())).await?;
-    let list = records.iter().map(record_json).collect::<Result<Vec<_>, _>>()?;
+        blocking(move || engine.deliver(&reader, &owner, &receiver, cursor, limit, PAGE_BYTES, now_ms()))
+            .await?;
+    let list = records.into_iter().map(record_out).collect::<Result<Vec<_>, _>>()?;
     Ok((list, next))
 }
 

@@ -12,9 +12,11 @@
 //!
 //! Bounded everywhere: at most [`MAX_IN_FLIGHT`] requests in progress and
 //! [`MAX_SUBSCRIPTIONS`] listens per connection, and an outbound queue of at most
-//! [`OUTBOUND_QUEUE`] frames and [`OUTBOUND_BYTES`] bytes. A listener that falls behind (its pushes find the queue full) is not skipped: the
-//! relay sends everything already queued, then closes the connection with code 4008 and the
-//! reason `behind; resume after cursor C`, so the client resumes with nothing lost.
+//! [`OUTBOUND_QUEUE`] frames and [`OUTBOUND_BYTES`] bytes. A listener that reads slower than
+//! records arrive is paced: its next push (whose records are already counted as read) waits for
+//! room. One that takes nothing for [`BEHIND_AFTER`] is not skipped: the relay sends everything
+//! already queued, then closes the connection with code 4008 and the reason
+//! `behind; resume after cursor C`, so the client resumes with nothing lost.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,8 +30,8 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use pigeonhole_proto::keys::PublicKey;
 use pigeonhole_proto::request::Request as ProtoRequest;
 use serde::Deserialize;
+use serde_json::json;
 use serde_json::value::RawValue;
-use serde_json::{Value, json};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 
@@ -48,8 +50,11 @@ pub const MAX_SUBSCRIPTIONS: usize = 64;
 pub const OUTBOUND_QUEUE: usize = 1024;
 /// Bytes queued for sending per connection: the real bound on a slow reader's memory.
 pub const OUTBOUND_BYTES: usize = 4 << 20;
-/// Most records in one push (a push of the largest records stays well under the byte budget).
-pub const PUSH_RECORDS: usize = 32;
+/// Most records in one push; a push also stops at [`crate::http::PAGE_BYTES`] of records,
+/// so it stays well under the outbound byte budget.
+pub const PUSH_RECORDS: usize = 512;
+/// How long a push may wait for room in the outbound budget before the listener is closed.
+pub const BEHIND_AFTER: Duration = Duration::from_secs(30);
 /// Close code sent to a listener that fell behind.
 pub const CLOSE_BEHIND: u16 = 4008;
 /// How long the client has to answer the challenge.
@@ -82,12 +87,14 @@ impl Out {
         self.queue.send(Outbound::Frame(text, permit)).await.is_ok()
     }
 
-    /// Queues a frame only if there is room now (pushes to listeners).
-    fn try_send(&self, text: String) -> Result<(), bool> {
-        let permit = self.budget.clone().try_acquire_many_owned(permits(&text)).map_err(|_| true)?;
-        self.queue
-            .try_send(Outbound::Frame(text, permit))
-            .map_err(|e| matches!(e, mpsc::error::TrySendError::Full(_)))
+    /// Queues a push, waiting up to [`BEHIND_AFTER`] for room: `Err(true)` when there was
+    /// none in time (the listener is behind), `Err(false)` when the connection is gone.
+    async fn push(&self, text: String) -> Result<(), bool> {
+        match tokio::time::timeout(BEHIND_AFTER, self.send(text)).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(false),
+            Err(_) => Err(true),
+        }
     }
 
     /// Queues a close after everything already queued.
@@ -298,6 +305,14 @@ async fn dispatch(state: &Shared, verified: Verified, peer: SocketAddr) -> OpRes
     }
 }
 
+/// One push to a listener: `{"sub": id, "records": [...], "cursor": C}`.
+#[derive(serde::Serialize)]
+struct Push<'a> {
+    sub: u64,
+    records: &'a [crate::http::RecordOut],
+    cursor: u64,
+}
+
 /// Pushes an outbox's records to the client as they are committed, from the listen's start.
 async fn subscription(state: Shared, verified: Verified, id: u64, out: Out) {
     let Some(path) = implied_path(&verified.message) else { return };
@@ -333,9 +348,14 @@ async fn subscription(state: Shared, verified: Verified, id: u64, out: Out) {
             }
         };
         if !records.is_empty() {
-            let full = records.len() >= PUSH_RECORDS;
-            let push = json!({"sub": id, "records": Value::Array(records), "cursor": next}).to_string();
-            match out.try_send(push) {
+            let push = match serde_json::to_string(&Push { sub: id, records: &records, cursor: next }) {
+                Ok(push) => push,
+                Err(e) => {
+                    out.send(answer(id, Err(ApiError(RelayError::internal("push JSON", &e))))).await;
+                    return;
+                }
+            };
+            match out.push(push).await {
                 Ok(()) => cursor = next,
                 Err(true) => {
                     metrics::counter!("pigeonhole_rejections_total", "reason" => "listener_behind")
@@ -346,9 +366,8 @@ async fn subscription(state: Shared, verified: Verified, id: u64, out: Out) {
                 }
                 Err(false) => return,
             }
-            if full {
-                continue;
-            }
+            // A page cut by its byte bound may leave more: fetch again before waiting.
+            continue;
         }
         tokio::select! {
             () = &mut notified => {}

@@ -80,6 +80,7 @@ pub fn cases<S: Store>() -> Vec<Case<S>> {
         ("read_counts_and_logs", read_counts_and_logs::<S>),
         ("pull_limit_exhaustion", pull_limit_exhaustion::<S>),
         ("read_batch_counts_each_read", read_batch_counts_each_read::<S>),
+        ("read_after_serves_a_counted_page", read_after_serves_a_counted_page::<S>),
         ("usage_window", usage_window::<S>),
         ("delete", delete::<S>),
         ("accounts", accounts::<S>),
@@ -708,6 +709,55 @@ fn read_batch_counts_each_read<S: Store>(s: &S) {
     // A single read after a batch continues the same counts and log.
     assert!(matches!(s.read(&alice(), &bob(), "b", 101).expect("read"), ReadOutcome::Served { .. }));
     assert_eq!(s.usage(&alice(), None, None, 100).expect("usage").len(), 4);
+}
+
+fn read_after_serves_a_counted_page<S: Store>(s: &S) {
+    let page = |after: u64, limit: usize, max_bytes: usize, now: u64| -> Vec<(String, u32, bool)> {
+        s.read_after(&alice(), &bob(), after, limit, max_bytes, now)
+            .expect("read_after")
+            .into_iter()
+            .map(|(r, exhausted)| (r.meta.record_id, r.meta.pulls, exhausted))
+            .collect()
+    };
+    let a = put_one(s, with(rec(alice(), bob(), "a"), |r| r.bytes = vec![1; 100]));
+    put_one(
+        s,
+        with(rec(alice(), bob(), "b"), |r| {
+            r.bytes = vec![2; 100];
+            r.max_pulls = 1;
+        }),
+    );
+    put_one(s, with(rec(alice(), carol(), "other-outbox"), |r| r.bytes = vec![3; 10]));
+    put_one(
+        s,
+        with(rec(alice(), bob(), "c"), |r| {
+            r.bytes = vec![4; 100];
+            r.expires_at = 50;
+        }),
+    );
+    put_one(s, with(rec(alice(), bob(), "d"), |r| r.bytes = vec![5; 300]));
+    // Nothing after the end, nothing for a zero limit, and nothing is counted for either.
+    assert_eq!(page(u64::MAX, 10, 1 << 20, 10), Vec::new());
+    assert_eq!(page(0, 0, 1 << 20, 10), Vec::new());
+    // The first record is served whatever the byte bound; the bound stops the page after it.
+    assert_eq!(page(0, 10, 1, 10), vec![("a".to_owned(), 1, false)]);
+    assert_eq!(page(0, 10, 200, 11), vec![("a".to_owned(), 2, false), ("b".to_owned(), 1, true)]);
+    // "b" was used up; "c" has expired at 60 and is skipped without counting; other outboxes
+    // never appear; the limit counts served records.
+    assert_eq!(page(a, 1, 1 << 20, 60), vec![("d".to_owned(), 1, false)]);
+    assert_eq!(page(0, 10, 1 << 20, 60), vec![("a".to_owned(), 3, false), ("d".to_owned(), 2, false)]);
+    assert_eq!(s.get(&alice(), &bob(), "b", 60).expect("get"), None);
+    // Every served record was logged exactly as a read would log it.
+    let rows = s.usage(&alice(), None, None, 100).expect("usage");
+    assert_eq!(
+        rows.iter().map(|r| r.record_id.as_str()).collect::<Vec<_>>(),
+        vec!["a", "a", "b", "d", "a", "d"]
+    );
+    // A single read afterwards continues the same count.
+    match s.read(&alice(), &bob(), "d", 61).expect("read") {
+        ReadOutcome::Served { record, exhausted } => assert_eq!((record.meta.pulls, exhausted), (3, false)),
+        ReadOutcome::NotFound => panic!("\"d\" is still stored"),
+    }
 }
 
 fn pull_limit_exhaustion<S: Store>(s: &S) {

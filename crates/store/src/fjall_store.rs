@@ -155,6 +155,13 @@ pub struct FjallConfig {
     pub cache_bytes: u64,
     /// Background flush and compaction threads; 0 keeps fjall's default (cores, at most 4).
     pub worker_threads: usize,
+    /// Most bytes of journal kept before the oldest memtables are flushed to disk: a bound on
+    /// the memory all memtables can hold together, and on what a restart replays. At least
+    /// 64 MiB (the storage engine's minimum).
+    pub journal_bytes: u64,
+    /// Most bytes of one keyspace's memtable before it is flushed (applies to keyspaces this
+    /// store creates; existing ones keep the size they were created with).
+    pub memtable_bytes: u64,
     /// Runs [`FjallStore::verify`] (a full scan) before `open_with` returns.
     pub verify_on_open: bool,
     /// Deletes the directory when the store is dropped (for tests; see [`FjallStore::temporary`]).
@@ -163,7 +170,14 @@ pub struct FjallConfig {
 
 impl Default for FjallConfig {
     fn default() -> Self {
-        Self { cache_bytes: 64 * 1024 * 1024, worker_threads: 0, verify_on_open: false, temporary: false }
+        Self {
+            cache_bytes: 64 * 1024 * 1024,
+            worker_threads: 0,
+            journal_bytes: 64 * 1024 * 1024,
+            memtable_bytes: 8 * 1024 * 1024,
+            verify_on_open: false,
+            temporary: false,
+        }
     }
 }
 
@@ -188,8 +202,9 @@ struct Keyspaces {
 }
 
 impl Keyspaces {
-    fn open(db: &Database) -> Result<Self, StoreError> {
-        let open = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).map_err(fjall_error);
+    fn open(db: &Database, memtable_bytes: u64) -> Result<Self, StoreError> {
+        let options = || KeyspaceCreateOptions::default().max_memtable_size(memtable_bytes);
+        let open = |name: &str| db.keyspace(name, options).map_err(fjall_error);
         Ok(Self {
             records: open("records")?,
             paths: open("paths")?,
@@ -652,7 +667,10 @@ impl FjallStore {
             )));
         }
 
-        let mut builder = Database::builder(dir).cache_size(config.cache_bytes).temporary(config.temporary);
+        let mut builder = Database::builder(dir)
+            .cache_size(config.cache_bytes)
+            .max_journaling_size(config.journal_bytes.max(64 * 1024 * 1024))
+            .temporary(config.temporary);
         if config.worker_threads > 0 {
             builder = builder.worker_threads(config.worker_threads);
         }
@@ -666,7 +684,7 @@ impl FjallStore {
                 &**name
             )));
         }
-        let ks = Keyspaces::open(&db)?;
+        let ks = Keyspaces::open(&db, config.memtable_bytes.max(1024 * 1024))?;
         let snap = db.snapshot();
 
         let format = snap.get(&ks.meta, FORMAT_KEY).map_err(fjall_error)?;
@@ -1381,6 +1399,71 @@ impl Store for FjallStore {
         }
         self.commit(&mut state, change, None)?;
         Ok(outcomes)
+    }
+
+    fn read_after(
+        &self,
+        owner: &PublicKey,
+        receiver: &PublicKey,
+        after_seq: u64,
+        limit: usize,
+        max_bytes: usize,
+        now: u64,
+    ) -> Result<Vec<(StoredRecord, bool)>, StoreError> {
+        let limit = limit.min(MAX_READ_BATCH);
+        let Some(from) = after_seq.checked_add(1) else { return Ok(Vec::new()) };
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // One walk of the outbox index inside the write: each record is read once, counted and
+        // logged, and the whole page becomes durable in one commit.
+        let mut state = self.write.lock();
+        let mut change = Change::new(self)?;
+        let counter_base = (state.commit + 1) << 16;
+        let mut served = Vec::new();
+        let mut total = 0usize;
+        let (start, end) = seq_range(&outbox_prefix(owner, receiver), from);
+        for guard in change.snap.range(&self.ks.outbox, start..=end) {
+            let key = guard.key().map_err(fjall_error)?;
+            let seq = seq_suffix(&key, "outbox")?;
+            let value = change
+                .snap
+                .get(&self.ks.records, seq_key(seq))
+                .map_err(fjall_error)?
+                .ok_or_else(|| corrupted("outbox", format_args!("entry for seq {seq} has no record")))?;
+            let (meta, bytes) = decode_record(&value)?;
+            if meta.owner != *owner || meta.receiver != *receiver {
+                return Err(corrupted("outbox", format_args!("entry for seq {seq} names another record")));
+            }
+            if meta.expires_at <= now {
+                continue;
+            }
+            if !served.is_empty() && total.saturating_add(bytes.len()) > max_bytes {
+                break;
+            }
+            total = total.saturating_add(bytes.len());
+            let pulls = self.pulls(&change.snap, seq)?.saturating_add(1);
+            let exhausted = meta.max_pulls != 0 && pulls >= meta.max_pulls;
+            change.batch.insert(
+                &self.ks.usage,
+                usage_key(owner, now, counter_base + served.len() as u64),
+                encode_usage(receiver, meta.size, &meta.record_id),
+            );
+            if exhausted {
+                change.remove(seq, &meta, false)?;
+            } else {
+                change.batch.insert(&self.ks.pulls, seq_key(seq), pulls.to_be_bytes());
+            }
+            let record = StoredRecord { meta: meta.into_meta(seq, pulls), bytes: bytes.to_vec() };
+            served.push((record, exhausted));
+            if served.len() >= limit {
+                break;
+            }
+        }
+        if !served.is_empty() {
+            self.commit(&mut state, change, None)?;
+        }
+        Ok(served)
     }
 
     fn delete(&self, owner: &PublicKey, receiver: &PublicKey, record_id: &str) -> Result<bool, StoreError> {

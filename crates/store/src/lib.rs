@@ -336,6 +336,49 @@ pub trait Store: Send + Sync + 'static {
     /// At most [`MAX_READ_BATCH`] keys.
     fn read_batch(&self, reads: &[ReadKey], now: u64) -> Result<Vec<ReadOutcome>, StoreError>;
 
+    /// Serves the next page of one outbox to its receiver (a listen's push, a sync's page):
+    /// the live records with `seq > after_seq`, oldest first, at most `limit` of them and, after
+    /// the first, no more than `max_bytes` of record bytes in all. Each is counted and logged
+    /// exactly as [`Store::read`] would count it, all in one durable commit. Returns the served
+    /// records (with `exhausted` as in [`ReadOutcome::Served`]) in order; the cursor to resume
+    /// from is the last one's `seq`, or `after_seq` when none was served.
+    ///
+    /// The default is [`Store::fetch_after`] then [`Store::read_batch`]; a backend that can
+    /// walk the outbox once inside its write should override it.
+    fn read_after(
+        &self,
+        owner: &PublicKey,
+        receiver: &PublicKey,
+        after_seq: u64,
+        limit: usize,
+        max_bytes: usize,
+        now: u64,
+    ) -> Result<Vec<(StoredRecord, bool)>, StoreError> {
+        let mut records = self.fetch_after(owner, receiver, after_seq, limit.min(MAX_READ_BATCH), now)?;
+        let mut total = 0usize;
+        let keep = records
+            .iter()
+            .take_while(|r| {
+                let first = total == 0;
+                total = total.saturating_add(r.bytes.len());
+                first || total <= max_bytes
+            })
+            .count();
+        records.truncate(keep);
+        let keys: Vec<ReadKey> = records
+            .iter()
+            .map(|r| ReadKey { owner: *owner, receiver: *receiver, record_id: r.meta.record_id.clone() })
+            .collect();
+        Ok(self
+            .read_batch(&keys, now)?
+            .into_iter()
+            .filter_map(|outcome| match outcome {
+                ReadOutcome::Served { record, exhausted } => Some((record, exhausted)),
+                ReadOutcome::NotFound => None,
+            })
+            .collect())
+    }
+
     /// Deletes a record; returns whether it existed.
     fn delete(&self, owner: &PublicKey, receiver: &PublicKey, record_id: &str) -> Result<bool, StoreError>;
 
