@@ -61,6 +61,9 @@ pub struct Limits {
     pub max_inventory: u32,
     /// Longest long-poll wait, in seconds.
     pub max_wait_secs: u32,
+    /// Seconds a WebSocket listener may take no push (its connection's outbound budget full)
+    /// before it is closed with 4008 and its cursor; until then a slow reader is paced.
+    pub listener_stall_secs: u32,
     /// Largest group of writes committed (and receipted) together.
     pub max_commit_batch: usize,
     /// Writes waiting for the commit thread before new ones are refused with 503.
@@ -92,6 +95,7 @@ impl Default for Limits {
             max_skew_secs: 120,
             max_inventory: 1000,
             max_wait_secs: 60,
+            listener_stall_secs: 30,
             max_commit_batch: 1024,
             commit_queue: 8192,
             requests_per_sec_per_ip: 200,
@@ -323,6 +327,9 @@ impl RelayConfig {
         }
         if l.max_wait_secs > 300 {
             return invalid("limits.max_wait_secs", "at most 300");
+        }
+        if !(1..=600).contains(&l.listener_stall_secs) {
+            return invalid("limits.listener_stall_secs", "between 1 and 600");
         }
         if l.requests_per_sec_per_ip == 0
             || l.burst_per_ip == 0

@@ -90,6 +90,15 @@ impl Verified {
     }
 }
 
+/// How much one page of a listen may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct PageSize {
+    /// Most records (also capped by `limits.max_inventory`).
+    pub records: usize,
+    /// Most bytes of stored records after the first record.
+    pub bytes: usize,
+}
+
 /// What a client gets back for a read.
 #[derive(Debug, Clone)]
 pub struct ReadResult {
@@ -575,17 +584,17 @@ impl Engine {
     /// cursor after them. Deliveries to the receiver are reads: they are counted against each
     /// record's pull limit and logged for usage reports, in one durable commit per page (the
     /// owner watching its own outbox is not a read). After the first record, a page holds at
-    /// most `max_bytes` of record bytes.
+    /// most `size.bytes` of record bytes.
     pub fn deliver(
         &self,
         reader: &PublicKey,
         owner: &PublicKey,
         receiver: &PublicKey,
         after_seq: u64,
-        limit: usize,
-        max_bytes: usize,
+        size: PageSize,
         now: u64,
     ) -> Result<(Vec<StoredRecord>, u64), RelayError> {
+        let PageSize { records: limit, bytes: max_bytes } = size;
         let limit = limit.min(self.config.limits.max_inventory as usize);
         if reader != receiver {
             let records = self.store.fetch_after(owner, receiver, after_seq, limit, now)?;

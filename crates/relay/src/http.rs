@@ -29,7 +29,7 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::commit::Committer;
-use crate::engine::{Engine, RequestPath, Verified};
+use crate::engine::{Engine, PageSize, RequestPath, Verified};
 use crate::error::{ErrorCode, RelayError};
 use crate::notify::{DropWaiters, Notifier};
 use crate::postage::Postage;
@@ -637,9 +637,17 @@ pub(crate) async fn fetch_page(
     limit: usize,
 ) -> Result<(Vec<RecordOut>, u64), ApiError> {
     let engine = state.engine.clone();
-    let (records, next) =
-        blocking(move || engine.deliver(&reader, &owner, &receiver, cursor, limit, PAGE_BYTES, now_ms()))
-            .await?;
+    let (records, next) = blocking(move || {
+        engine.deliver(
+            &reader,
+            &owner,
+            &receiver,
+            cursor,
+            PageSize { records: limit, bytes: PAGE_BYTES },
+            now_ms(),
+        )
+    })
+    .await?;
     let list = records.into_iter().map(record_out).collect::<Result<Vec<_>, _>>()?;
     Ok((list, next))
 }

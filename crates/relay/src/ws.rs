@@ -14,7 +14,7 @@
 //! [`MAX_SUBSCRIPTIONS`] listens per connection, and an outbound queue of at most
 //! [`OUTBOUND_QUEUE`] frames and [`OUTBOUND_BYTES`] bytes. A listener that reads slower than
 //! records arrive is paced: its next push (whose records are already counted as read) waits for
-//! room. One that takes nothing for [`BEHIND_AFTER`] is not skipped: the relay sends everything
+//! room. One that takes nothing for `limits.listener_stall_secs` (30 s) is not skipped: the relay sends everything
 //! already queued, then closes the connection with code 4008 and the reason
 //! `behind; resume after cursor C`, so the client resumes with nothing lost.
 
@@ -53,8 +53,6 @@ pub const OUTBOUND_BYTES: usize = 4 << 20;
 /// Most records in one push; a push also stops at [`crate::http::PAGE_BYTES`] of records,
 /// so it stays well under the outbound byte budget.
 pub const PUSH_RECORDS: usize = 512;
-/// How long a push may wait for room in the outbound budget before the listener is closed.
-pub const BEHIND_AFTER: Duration = Duration::from_secs(30);
 /// Close code sent to a listener that fell behind.
 pub const CLOSE_BEHIND: u16 = 4008;
 /// How long the client has to answer the challenge.
@@ -87,10 +85,10 @@ impl Out {
         self.queue.send(Outbound::Frame(text, permit)).await.is_ok()
     }
 
-    /// Queues a push, waiting up to [`BEHIND_AFTER`] for room: `Err(true)` when there was
-    /// none in time (the listener is behind), `Err(false)` when the connection is gone.
-    async fn push(&self, text: String) -> Result<(), bool> {
-        match tokio::time::timeout(BEHIND_AFTER, self.send(text)).await {
+    /// Queues a push, waiting up to `stall` for room: `Err(true)` when there was none in time
+    /// (the listener is behind), `Err(false)` when the connection is gone.
+    async fn push(&self, text: String, stall: Duration) -> Result<(), bool> {
+        match tokio::time::timeout(stall, self.send(text)).await {
             Ok(true) => Ok(()),
             Ok(false) => Err(false),
             Err(_) => Err(true),
@@ -319,6 +317,7 @@ async fn subscription(state: Shared, verified: Verified, id: u64, out: Out) {
     let engine = state.engine.clone();
     let now = now_ms();
     let reader = verified.message.from;
+    let stall = Duration::from_secs(u64::from(state.engine.config().limits.listener_stall_secs));
     let request = verified.clone();
     let start = tokio::task::spawn_blocking(move || engine.listen_start(&request, &path, now)).await;
     let (owner, receiver, mut cursor) = match start {
@@ -355,7 +354,7 @@ async fn subscription(state: Shared, verified: Verified, id: u64, out: Out) {
                     return;
                 }
             };
-            match out.push(push).await {
+            match out.push(push, stall).await {
                 Ok(()) => cursor = next,
                 Err(true) => {
                     metrics::counter!("pigeonhole_rejections_total", "reason" => "listener_behind")

@@ -198,8 +198,9 @@ async fn websocket_refuses_a_bad_session_answer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_listener_that_falls_behind_is_closed_with_a_cursor_and_loses_nothing() {
-    let relay = TestRelay::start().await;
+async fn a_listener_that_stalls_is_closed_with_a_cursor_and_loses_nothing() {
+    // A listener whose pushes find no room for a second is closed (the default is 30 s).
+    let relay = TestRelay::start_with(None, |c| c.limits.listener_stall_secs = 1).await;
     let (alice, bob) = (person(1), person(2));
     register(&relay, &alice).await;
     let mut writer = open_ws(&relay, &alice).await;
@@ -223,7 +224,7 @@ async fn a_listener_that_falls_behind_is_closed_with_a_cursor_and_loses_nothing(
     assert_eq!(next_json(&mut listener).await["body"]["subscribed"], true);
 
     // Bob stops reading while Alice writes ~12 MB: more than the relay's 4 MiB outbound budget
-    // plus what the kernel's socket buffers absorb.
+    // plus what the kernel's socket buffers absorb; the relay waits for room, then gives up.
     const N: u64 = 3000;
     let content = "x".repeat(4000);
     let mut answered = 0;
@@ -239,8 +240,9 @@ async fn a_listener_that_falls_behind_is_closed_with_a_cursor_and_loses_nothing(
         }
     }
 
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     // Now Bob reads: pushes up to some cursor C, then a close 4008 naming C. A client resumes
-    // after C on a new connection (and again if a slow reader falls behind again).
+    // after C on a new connection, where reading as fast as it can is never too slow.
     let mut seen: Vec<u64> = Vec::new();
     let mut closes = 0;
     let mut id = 1;
@@ -281,7 +283,7 @@ async fn a_listener_that_falls_behind_is_closed_with_a_cursor_and_loses_nothing(
             .await
             .unwrap();
     }
-    assert!(closes >= 1, "the first listener was expected to fall behind");
+    assert_eq!(closes, 1, "the stalled listener is closed once; the reading one is paced, not closed");
     assert_eq!(seen, (1..=N).collect::<Vec<_>>(), "no record skipped or repeated");
     relay.stop().await;
 }
