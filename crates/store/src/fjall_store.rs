@@ -64,9 +64,10 @@
 //!
 //! # Durability and the commit witness
 //!
-//! Every change is one fjall write batch, across all keyspaces, committed with
-//! `PersistMode::SyncAll`: the journal is fsynced before the batch becomes visible to readers
-//! and before the call returns. Each batch also bumps the `commit` counter in `meta`.
+//! Every change is one fjall write batch, across all keyspaces, committed with [`DURABLE`]
+//! (`PersistMode::SyncData`, i.e. `fdatasync`): the journal's data is on disk before the batch
+//! becomes visible to readers and before the call returns. Each batch also bumps the `commit`
+//! counter in `meta`.
 //!
 //! After the batch is durable, the counter is also written to a small file next to the
 //! database, `pigeonhole-commit` (the *commit witness*; not fsynced, as it only needs to
@@ -87,7 +88,10 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode, Readable, Snapshot};
+use fjall::{
+    Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, OwnedWriteBatch, PersistMode, Readable,
+    Snapshot,
+};
 use parking_lot::Mutex;
 use pigeonhole_proto::keys::PublicKey;
 use pigeonhole_proto::tag::{Prefix, TAG_LEN, Tag};
@@ -181,6 +185,12 @@ impl Default for FjallConfig {
     }
 }
 
+/// How every batch is made durable: `fdatasync` of the journal. It writes the data and the
+/// metadata needed to read it back (size, block allocation) and skips only timestamps, which
+/// recovery never reads; `fsync` would add an inode write to every commit for nothing. New
+/// journal files are made durable by the storage engine when it rotates them.
+const DURABLE: PersistMode = PersistMode::SyncData;
+
 struct Keyspaces {
     records: Keyspace,
     paths: Keyspace,
@@ -205,8 +215,15 @@ impl Keyspaces {
     fn open(db: &Database, memtable_bytes: u64) -> Result<Self, StoreError> {
         let options = || KeyspaceCreateOptions::default().max_memtable_size(memtable_bytes);
         let open = |name: &str| db.keyspace(name, options).map_err(fjall_error);
+        // Records and drops carry the sealed envelopes (about a kilobyte and more): kept apart
+        // from the keys in blob files, compaction moves small pointers instead of rewriting every
+        // envelope at each level, which is what bounds write throughput on a large store.
+        // (A keyspace keeps the options it was created with: stores made before this keep
+        // their envelopes inline.)
+        let separated = || options().with_kv_separation(Some(KvSeparationOptions::default()));
+        let open_separated = |name: &str| db.keyspace(name, separated).map_err(fjall_error);
         Ok(Self {
-            records: open("records")?,
+            records: open_separated("records")?,
             paths: open("paths")?,
             outbox: open("outbox")?,
             receiver: open("receiver")?,
@@ -216,7 +233,7 @@ impl Keyspaces {
             usage: open("usage")?,
             accounts: open("accounts")?,
             owners: open("owners")?,
-            drops: open("drops")?,
+            drops: open_separated("drops")?,
             drop_prefix: open("drop_prefix")?,
             drop_expiry: open("drop_expiry")?,
             stamps: open("stamps")?,
@@ -724,7 +741,7 @@ impl FjallStore {
                             )));
                         }
                     }
-                    let mut batch = db.batch().durability(Some(PersistMode::SyncAll));
+                    let mut batch = db.batch().durability(Some(DURABLE));
                     batch.insert(&ks.meta, FORMAT_KEY, FORMAT);
                     batch.insert(&ks.meta, DROP_TOTALS_KEY, encode_usage_counters(Usage::default()));
                     batch.commit().map_err(fjall_error)?;
@@ -749,7 +766,7 @@ impl FjallStore {
                         )));
                     }
                 }
-                let mut batch = db.batch().durability(Some(PersistMode::SyncAll));
+                let mut batch = db.batch().durability(Some(DURABLE));
                 batch.insert(&ks.meta, FORMAT_KEY, FORMAT);
                 batch.insert(&ks.meta, COMMIT_KEY, 0u64.to_be_bytes());
                 batch.insert(&ks.meta, LAST_SEQ_KEY, 0u64.to_be_bytes());
@@ -845,7 +862,7 @@ impl FjallStore {
         }
         batch.insert(&ks.meta, COMMIT_KEY, commit.to_be_bytes());
         // SyncAll on the batch fsyncs the journal before the batch becomes visible.
-        batch.durability(Some(PersistMode::SyncAll)).commit().map_err(|e| self.write_error(e))?;
+        batch.durability(Some(DURABLE)).commit().map_err(|e| self.write_error(e))?;
         state.commit = commit;
         if let Some(seq) = last_seq {
             state.last_seq = seq;
