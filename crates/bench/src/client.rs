@@ -215,8 +215,12 @@ pub(crate) async fn register(
 pub(crate) type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// The next text frame, skipping pings; `None` when the connection ended.
-pub(crate) async fn next_text(socket: &mut Socket) -> Option<Result<String, Closed>> {
+/// The next text frame of a socket or of its read half, skipping pings; `None` when the
+/// connection ended.
+pub(crate) async fn next_text<S>(socket: &mut S) -> Option<Result<String, Closed>>
+where
+    S: futures_util::Stream<Item = Result<WsMessage, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
     loop {
         match socket.next().await? {
             Ok(WsMessage::Text(text)) => return Some(Ok(text.as_str().to_owned())),
@@ -232,6 +236,20 @@ pub(crate) async fn next_text(socket: &mut Socket) -> Option<Result<String, Clos
             }
             Err(error) => return Some(Err(Closed { code: None, reason: error.to_string() })),
         }
+    }
+}
+
+/// When a run's measured window opens and closes.
+#[derive(Clone, Copy)]
+pub(crate) struct Window {
+    pub(crate) open: Instant,
+    pub(crate) close: Instant,
+}
+
+impl Window {
+    /// Whether `at` falls inside the window.
+    pub(crate) fn contains(&self, at: Instant) -> bool {
+        at >= self.open && at < self.close
     }
 }
 

@@ -40,8 +40,8 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::calibrate::verify_rate_async;
 use crate::client::{
-    Answer, Closed, Envelope, Errors, Socket, WriteTemplate, as_frame, count, derive_key, envelope_pool,
-    error_kind, http_client, next_text, now_ms, open_session, register, relay_key, run_nonce,
+    Answer, Closed, Envelope, Errors, Socket, Window, WriteTemplate, as_frame, count, derive_key,
+    envelope_pool, error_kind, http_client, next_text, now_ms, open_session, register, relay_key, run_nonce,
 };
 use crate::ingest::MAX_PIPELINE;
 use crate::proc::{CpuSnapshot, CpuWindow, RelaySample, round3};
@@ -153,19 +153,8 @@ pub(crate) struct DeliverArgs {
     common: CommonArgs,
 }
 
-/// When the measured window opens and closes. A record belongs to the window when its write
-/// was sent inside it; its ack and its push may come later.
-#[derive(Clone, Copy)]
-struct Window {
-    open: Instant,
-    close: Instant,
-}
-
-impl Window {
-    fn contains(&self, at: Instant) -> bool {
-        at >= self.open && at < self.close
-    }
-}
+// A record belongs to the measured window when its write was sent inside it; its ack and its
+// push may come later.
 
 /// The write was acknowledged (200 or 201).
 const ACKED: u8 = 1;
@@ -347,26 +336,6 @@ fn micros(duration: Duration) -> u64 {
     u64::try_from(duration.as_micros()).unwrap_or(u64::MAX).max(1)
 }
 
-/// The next text frame of a writer's read half (as [`next_text`] for a whole socket).
-async fn next_answer(stream: &mut SplitStream<Socket>) -> Option<Result<String, Closed>> {
-    loop {
-        match stream.next().await? {
-            Ok(WsMessage::Text(text)) => return Some(Ok(text.as_str().to_owned())),
-            Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_)) => continue,
-            Ok(WsMessage::Binary(_)) => {
-                return Some(Err(Closed { code: None, reason: "binary frame".into() }));
-            }
-            Ok(WsMessage::Close(frame)) => {
-                return Some(Err(match frame {
-                    Some(f) => Closed { code: Some(u16::from(f.code)), reason: f.reason.as_str().to_owned() },
-                    None => Closed { code: None, reason: String::new() },
-                }));
-            }
-            Err(error) => return Some(Err(Closed { code: None, reason: error.to_string() })),
-        }
-    }
-}
-
 /// The schedule of one writer.
 #[derive(Clone, Copy)]
 struct Schedule {
@@ -428,7 +397,7 @@ async fn writer(
                     out.lag.saturating_record(micros(at.saturating_duration_since(scheduled)));
                 }
             }
-            text = next_answer(&mut stream) => {
+            text = next_text(&mut stream) => {
                 let text = match text {
                     Some(Ok(text)) => text,
                     other => {

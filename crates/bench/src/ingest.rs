@@ -23,7 +23,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::calibrate::verify_rate_async;
 use crate::client::{
-    AckLog, AckSender, Answer, Envelope, Errors, Socket, WriteTemplate, ack_line, count, derive_key,
+    AckLog, AckSender, Answer, Envelope, Errors, Socket, Window, WriteTemplate, ack_line, count, derive_key,
     envelope_pools, error_kind, http_client, ingest_receiver, next_text, now_ms, open_session, register,
     relay_key, run_nonce,
 };
@@ -123,19 +123,6 @@ pub(crate) struct IngestArgs {
 
     #[command(flatten)]
     common: CommonArgs,
-}
-
-/// When the measured window opens and closes.
-#[derive(Clone, Copy)]
-struct Window {
-    open: Instant,
-    close: Instant,
-}
-
-impl Window {
-    fn contains(&self, at: Instant) -> bool {
-        at >= self.open && at < self.close
-    }
 }
 
 /// What one client (or one HTTP worker) saw.

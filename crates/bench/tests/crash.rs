@@ -11,30 +11,13 @@
 #![cfg(unix)]
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code: a panic is a failed test")]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-fn bench() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_pigeonhole-bench"))
-}
-
-/// `pigeonhole` beside the benchmark binary (or beside this test's deps/ directory).
-fn relay_binary() -> PathBuf {
-    let name = format!("pigeonhole{}", std::env::consts::EXE_SUFFIX);
-    let beside_bench = bench().parent().map(|dir| dir.join(&name));
-    let beside_test = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().and_then(Path::parent).map(|dir| dir.join(&name)));
-    beside_bench.into_iter().chain(beside_test).find(|p| p.exists()).unwrap_or_else(|| {
-        panic!(
-            "the relay binary `{name}` is not built next to {}: build the workspace first \
-             (`cargo build -p pigeonhole`, or run `cargo test --workspace`, which builds every binary)",
-            bench().display()
-        )
-    })
-}
+mod common;
+use common::{bench, relay_binary};
 
 #[test]
 fn three_crash_rounds_lose_no_acknowledged_write() {

@@ -835,6 +835,19 @@ impl FjallStore {
         change: Change<'_>,
         last_seq: Option<u64>,
     ) -> Result<(), StoreError> {
+        self.commit_as(state, change, last_seq, DURABLE)
+    }
+
+    /// Commits `change` with `mode`: [`DURABLE`], or `PersistMode::Buffer` (handed to the OS:
+    /// it survives the process being killed, and becomes durable with the next durable commit,
+    /// since the journal is one file synced in order). Only durable commits update the witness.
+    fn commit_as(
+        &self,
+        state: &mut WriteState,
+        change: Change<'_>,
+        last_seq: Option<u64>,
+        mode: PersistMode,
+    ) -> Result<(), StoreError> {
         let Change { ks, mut batch, owners, totals, counters_changed, drops, .. } = change;
         let commit = state.commit + 1;
         if counters_changed {
@@ -861,15 +874,17 @@ impl FjallStore {
             batch.insert(&ks.meta, LAST_SEQ_KEY, seq.to_be_bytes());
         }
         batch.insert(&ks.meta, COMMIT_KEY, commit.to_be_bytes());
-        // SyncAll on the batch fsyncs the journal before the batch becomes visible.
-        batch.durability(Some(DURABLE)).commit().map_err(|e| self.write_error(e))?;
+        // The journal is persisted (synced for DURABLE) before the batch becomes visible.
+        batch.durability(Some(mode)).commit().map_err(|e| self.write_error(e))?;
         state.commit = commit;
         if let Some(seq) = last_seq {
             state.last_seq = seq;
             self.last_seq.store(seq, Ordering::Release);
         }
         // The batch is durable: a failure to update the witness only weakens the check on open.
-        state.witness.record(commit).ok();
+        if mode == DURABLE {
+            state.witness.record(commit).ok();
+        }
         Ok(())
     }
 
@@ -1478,7 +1493,8 @@ impl Store for FjallStore {
             }
         }
         if !served.is_empty() {
-            self.commit(&mut state, change, None)?;
+            // Counts of pushed records need not cost an fsync each: see Store::read_after.
+            self.commit_as(&mut state, change, None, PersistMode::Buffer)?;
         }
         Ok(served)
     }

@@ -339,7 +339,13 @@ pub trait Store: Send + Sync + 'static {
     /// Serves the next page of one outbox to its receiver (a listen's push, a sync's page):
     /// the live records with `seq > after_seq`, oldest first, at most `limit` of them and, after
     /// the first, no more than `max_bytes` of record bytes in all. Each is counted and logged
-    /// exactly as [`Store::read`] would count it, all in one durable commit. Returns the served
+    /// exactly as [`Store::read`] would count it, all in one commit, which need not be durable
+    /// when this returns: a backend may let it become durable with its next durable write (it
+    /// must survive the process being killed). A machine crash can then forget the last counts,
+    /// so a record may be served once more than its pull limit and a usage report may miss the
+    /// last reads: never a lost record, never a read charged that did not happen. Listens push
+    /// records to many subscribers after every commit; an fsync per push would make the
+    /// readers, not the writers, what bounds a relay. Returns the served
     /// records (with `exhausted` as in [`ReadOutcome::Served`]) in order; the cursor to resume
     /// from is the last one's `seq`, or `after_seq` when none was served.
     ///
