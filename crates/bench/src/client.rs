@@ -283,7 +283,7 @@ struct Challenge {
 /// `session` request (frame id 0) and waits for the relay's `200`.
 pub(crate) async fn open_session(url: &str, relay: PublicKey, key: &SecretKey) -> Result<Socket> {
     let ws_url = format!("{}/v1/ws", url.replacen("http://", "ws://", 1).replacen("https://", "wss://", 1));
-    let (mut socket, _) = tokio_tungstenite::connect_async(ws_url.as_str())
+    let (mut socket, _) = tokio_tungstenite::connect_async_with_config(ws_url.as_str(), None, true)
         .await
         .with_context(|| format!("connecting to {ws_url}"))?;
     let wait = Duration::from_secs(30);

@@ -267,10 +267,13 @@ async fn connect(timeout: Duration, url: &str, path: &str) -> Result<Socket, Rel
         None => format!("ws://{}{path}", url.strip_prefix("http://").unwrap_or(url)),
     };
     crate::relay::install_tls_provider();
-    let (socket, _) = tokio::time::timeout(timeout, tokio_tungstenite::connect_async(ws_url.as_str()))
-        .await
-        .map_err(|_| RelayError::Timeout { url: url.to_owned(), secs: timeout.as_secs() })?
-        .map_err(|e| RelayError::Unreachable { url: url.to_owned(), reason: e.to_string() })?;
+    let (socket, _) = tokio::time::timeout(
+        timeout,
+        tokio_tungstenite::connect_async_with_config(ws_url.as_str(), None, true),
+    )
+    .await
+    .map_err(|_| RelayError::Timeout { url: url.to_owned(), secs: timeout.as_secs() })?
+    .map_err(|e| RelayError::Unreachable { url: url.to_owned(), reason: e.to_string() })?;
     Ok(socket)
 }
 

@@ -213,6 +213,11 @@ async fn accept_loop(
             },
             () = &mut shutdown => break,
         };
+        // Answers and pushes are small frames that must leave at once: without this, Nagle's
+        // algorithm holds a push until the client acknowledges the previous one (tens of ms).
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "TCP_NODELAY not set");
+        }
         metrics::gauge!("pigeonhole_connections").increment(1.0);
         let service = hyper::service::service_fn({
             let app = app.clone();
