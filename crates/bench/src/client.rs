@@ -440,35 +440,46 @@ pub(crate) fn envelope_pool(
         .collect()
 }
 
-/// Builds one pool per sender on every core (sealing is the slow part of a run's setup).
+/// Seals `count` envelopes of `size` bytes for each `(sender, recipient)` pair, indexes into
+/// `senders` and `recipients`, on every core (sealing is the slow part of a run's setup).
 pub(crate) fn envelope_pools(
     seed: &str,
     senders: &[SecretKey],
-    recipient: PublicKey,
+    recipients: &[PublicKey],
+    pairs: &[(usize, usize)],
     count: usize,
     size: usize,
 ) -> Result<Vec<Vec<Envelope>>> {
     let created_at = now_ms();
     let threads = std::thread::available_parallelism().map_or(2, usize::from).max(1);
-    let chunk = senders.len().div_ceil(threads).max(1);
+    let chunk = pairs.len().div_ceil(threads).max(1);
     std::thread::scope(|scope| {
-        let handles: Vec<_> = senders
+        let handles: Vec<_> = pairs
             .chunks(chunk)
             .map(|group| {
                 scope.spawn(move || {
                     group
                         .iter()
-                        .map(|sender| envelope_pool(seed, sender, recipient, count, size, created_at))
+                        .map(|&(s, r)| {
+                            envelope_pool(seed, &senders[s], recipients[r], count, size, created_at)
+                        })
                         .collect::<Result<Vec<_>>>()
                 })
             })
             .collect();
-        let mut pools = Vec::with_capacity(senders.len());
+        let mut pools = Vec::with_capacity(pairs.len());
         for handle in handles {
             pools.extend(handle.join().map_err(|_| anyhow::anyhow!("a sealing thread panicked"))??);
         }
         Ok(pools)
     })
+}
+
+/// Adds the error counts of `from` to `into`.
+pub(crate) fn merge_errors(into: &mut Errors, from: Errors) {
+    for (kind, n) in from {
+        *into.entry(kind).or_insert(0) += n;
+    }
 }
 
 /// The acked log: one line `owner_hex receiver_hex record_id` per acknowledged record,

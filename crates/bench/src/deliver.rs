@@ -41,7 +41,8 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use crate::calibrate::verify_rate_async;
 use crate::client::{
     Answer, Closed, Envelope, Errors, Socket, Window, WriteTemplate, as_frame, count, derive_key,
-    envelope_pool, error_kind, http_client, next_text, now_ms, open_session, register, relay_key, run_nonce,
+    envelope_pools, error_kind, http_client, merge_errors, next_text, now_ms, open_session, register,
+    relay_key, run_nonce,
 };
 use crate::ingest::MAX_PIPELINE;
 use crate::proc::{CpuSnapshot, CpuWindow, RelaySample, round3};
@@ -323,12 +324,6 @@ impl WriterOutcome {
         self.skipped += other.skipped;
         merge_errors(&mut self.errors, other.errors);
         Ok(())
-    }
-}
-
-fn merge_errors(into: &mut Errors, from: Errors) {
-    for (kind, n) in from {
-        *into.entry(kind).or_insert(0) += n;
     }
 }
 
@@ -639,40 +634,6 @@ async fn receiver(plan: ReceiverPlan, mut cx: ReceiverContext) -> Result<Receive
     Ok(out)
 }
 
-/// Seals `count` envelopes of `size` bytes for each (writer, receiver) pair, on every core.
-fn seal_pairs(
-    seed: &str,
-    writers: &[SecretKey],
-    receivers: &[PublicKey],
-    pairs: &[(usize, usize)],
-    count: usize,
-    size: usize,
-) -> Result<Vec<Vec<Envelope>>> {
-    let created_at = now_ms();
-    let threads = std::thread::available_parallelism().map_or(2, usize::from).max(1);
-    let chunk = pairs.len().div_ceil(threads).max(1);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = pairs
-            .chunks(chunk)
-            .map(|group| {
-                scope.spawn(move || {
-                    group
-                        .iter()
-                        .map(|&(w, r)| {
-                            envelope_pool(seed, &writers[w], receivers[r], count, size, created_at)
-                        })
-                        .collect::<Result<Vec<_>>>()
-                })
-            })
-            .collect();
-        let mut pools = Vec::with_capacity(pairs.len());
-        for handle in handles {
-            pools.extend(handle.join().map_err(|_| anyhow::anyhow!("a sealing thread panicked"))??);
-        }
-        Ok(pools)
-    })
-}
-
 /// How the run was prepared (not measured).
 #[derive(Debug, Default, Serialize)]
 struct Setup {
@@ -830,7 +791,7 @@ async fn deliver(args: &DeliverArgs, relay: &Relay) -> Result<Report> {
         let (seed, keys, pks, pairs) =
             (seed.clone(), writer_keys.clone(), receiver_pks.clone(), pairs.clone());
         let (count, size) = (args.pool, args.size);
-        tokio::task::spawn_blocking(move || seal_pairs(&seed, &keys, &pks, &pairs, count, size))
+        tokio::task::spawn_blocking(move || envelope_pools(&seed, &keys, &pks, &pairs, count, size))
             .await
             .context("the sealing threads")??
     };

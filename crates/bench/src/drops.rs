@@ -34,7 +34,8 @@ use serde_json::{Value, json};
 
 use crate::calibrate::verify_rate_async;
 use crate::client::{
-    Errors, count, derive_bytes, derive_key, error_kind, http_client, register, relay_key, signed_json,
+    Errors, count, derive_bytes, derive_key, error_kind, http_client, merge_errors, register, relay_key,
+    signed_json,
 };
 use crate::proc::{CpuSnapshot, CpuWindow, RelaySample, round3};
 use crate::report::{Latency, latency_histogram, ratio};
@@ -279,9 +280,7 @@ async fn upload(
     for task in tasks {
         let (h, e, a) = task.await.context("uploader")??;
         histogram.add(&h).context("merging histograms")?;
-        for (kind, n) in e {
-            *errors.entry(kind).or_insert(0) += n;
-        }
+        merge_errors(&mut errors, e);
         acked += a;
     }
     let seconds = started.elapsed().as_secs_f64();

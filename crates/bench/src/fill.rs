@@ -219,12 +219,13 @@ fn fill(plan: &Plan) -> Result<Filled> {
         let take = (plan.records - added).min(plan.batch as u64);
         for i in added..added + take {
             let envelope = &envelopes[(i % plan.pool as u64) as usize];
+            let record_id = format!("fill-{nonce}-{i}");
             let message = Message {
                 from: owners[(i % plan.owners) as usize],
                 to: receivers[(i % plan.receivers) as usize],
                 timestamp: now,
                 request: Request::Write(Write {
-                    record_id: format!("fill-{nonce}-{i}"),
+                    record_id: record_id.clone(),
                     ttl: plan.ttl,
                     tag: None,
                     content: envelope.bytes.clone(),
@@ -234,7 +235,7 @@ fn fill(plan: &Plan) -> Result<Filled> {
             batch.push(NewRecord {
                 owner: message.from,
                 receiver: message.to,
-                record_id: format!("fill-{nonce}-{i}"),
+                record_id,
                 tag: None,
                 stored_at: now,
                 expires_at,

@@ -24,8 +24,8 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use crate::calibrate::verify_rate_async;
 use crate::client::{
     AckLog, AckSender, Answer, Envelope, Errors, Socket, Window, WriteTemplate, ack_line, count, derive_key,
-    envelope_pools, error_kind, http_client, ingest_receiver, next_text, now_ms, open_session, register,
-    relay_key, run_nonce,
+    envelope_pools, error_kind, http_client, ingest_receiver, merge_errors, next_text, now_ms, open_session,
+    register, relay_key, run_nonce,
 };
 use crate::proc::{CpuSnapshot, CpuWindow, RelaySample, disk_bytes, memory, round3};
 use crate::report::{Latency, growth_per, latency_histogram, ratio};
@@ -168,9 +168,7 @@ impl Outcome {
         self.late += other.late;
         self.max_lag_us = self.max_lag_us.max(other.max_lag_us);
         self.unsent += other.unsent;
-        for (kind, n) in other.errors {
-            *self.errors.entry(kind).or_insert(0) += n;
-        }
+        merge_errors(&mut self.errors, other.errors);
         Ok(())
     }
 
@@ -731,7 +729,8 @@ async fn ingest(args: &IngestArgs, relay: &Relay) -> Result<Report> {
     let started = Instant::now();
     let pools = {
         let (seed, keys, size, pool) = (seed.clone(), keys.clone(), args.size, args.pool);
-        tokio::task::spawn_blocking(move || envelope_pools(&seed, &keys, receiver, pool, size))
+        let pairs: Vec<(usize, usize)> = (0..keys.len()).map(|i| (i, 0)).collect();
+        tokio::task::spawn_blocking(move || envelope_pools(&seed, &keys, &[receiver], &pairs, pool, size))
             .await
             .context("the sealing threads")??
     };

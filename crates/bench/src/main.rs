@@ -59,6 +59,7 @@ Typical use (build first: cargo build --release -p pigeonhole -p pigeonhole-benc
   pigeonhole-bench ingest --spawn --clients 64 --seconds 20 --size 1024
   pigeonhole-bench ingest --spawn --clients 64 --seconds 20 --size 1024 --fresh-sessions
   pigeonhole-bench sync --spawn --records 50000 --size 1024
+  pigeonhole-bench fill --data /tmp/big --records 1000000   # then: ingest --spawn --spawn-data <copy>
   pigeonhole-bench deliver --spawn --rate 2500   # half the writes_per_sec that ingest reported
   pigeonhole-bench ingest --relay http://127.0.0.1:7070 --acked-log acked.txt ...
   pigeonhole-bench check --relay http://127.0.0.1:7070 --acked-log acked.txt

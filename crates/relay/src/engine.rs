@@ -596,18 +596,20 @@ impl Engine {
     ) -> Result<(Vec<StoredRecord>, u64), RelayError> {
         let PageSize { records: limit, bytes: max_bytes } = size;
         let limit = limit.min(self.config.limits.max_inventory as usize);
-        if reader != receiver {
+        // The owner watching its own outbox reads nothing, and a full disk must not stop
+        // serving: both get the page uncounted.
+        let uncounted = || -> Result<(Vec<StoredRecord>, u64), RelayError> {
             let records = self.store.fetch_after(owner, receiver, after_seq, limit, now)?;
             let cursor = records.last().map_or(after_seq, |r| r.meta.seq);
-            return Ok((records, cursor));
+            Ok((records, cursor))
+        };
+        if reader != receiver {
+            return uncounted();
         }
         let served = match self.store.read_after(owner, receiver, after_seq, limit, max_bytes, now) {
             Err(StoreError::Full) => {
-                // Serving must not stop because the usage log cannot grow: serve uncounted.
                 Self::uncounted_read();
-                let records = self.store.fetch_after(owner, receiver, after_seq, limit, now)?;
-                let cursor = records.last().map_or(after_seq, |r| r.meta.seq);
-                return Ok((records, cursor));
+                return uncounted();
             }
             other => other?,
         };

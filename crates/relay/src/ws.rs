@@ -14,9 +14,9 @@
 //! [`MAX_SUBSCRIPTIONS`] listens per connection, and an outbound queue of at most
 //! [`OUTBOUND_QUEUE`] frames and [`OUTBOUND_BYTES`] bytes. A listener that reads slower than
 //! records arrive is paced: its next push (whose records are already counted as read) waits for
-//! room. One that takes nothing for `limits.listener_stall_secs` (30 s) is not skipped: the relay sends everything
-//! already queued, then closes the connection with code 4008 and the reason
-//! `behind; resume after cursor C`, so the client resumes with nothing lost.
+//! room. One that takes nothing for `limits.listener_stall_secs` (30 s) is not skipped: the
+//! relay sends everything already queued, then closes the connection with code 4008 and the
+//! reason `behind; resume after cursor C`, so the client resumes with nothing lost.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
