@@ -14,7 +14,7 @@
 #
 # Exits 0 when flat and the load was held, 1 otherwise (the reason is printed), 2 on bad
 # setup. Writes to WORK: calibration.json, soak.json (the full `ingest --json` report, with
-# `rss_samples` [{t_s, rss_bytes, disk_bytes, acked}] and `rss_growth`), *.err (stderr of each
+# `rss_samples` [{t_s, rss_bytes, disk_bytes, heap_allocated_bytes, acked}] and `rss_growth`), *.err (stderr of each
 # step), summary.json (the verdict and the figures it rests on). Both binaries are copied to
 # WORK/bin first, so a rebuild during a long soak cannot swap the relay under it. Needs only
 # bash, awk, sed and coreutils. The soak writes ~RATE × SOAK_SECONDS records of ~1.4 KiB each
@@ -119,6 +119,7 @@ fi
 R=$WORK/soak.json
 q1=$(field q1_median_bytes "$R") q2=$(field q2_median_bytes "$R") q4=$(field q4_median_bytes "$R")
 max_rss=$(field max_bytes "$R") samples=$(field samples "$R") disk=$(field disk_growth_bytes "$R")
+heap2=$(field heap_q2_median_bytes "$R") heap4=$(field heap_q4_median_bytes "$R")
 achieved=$(field achieved_per_sec "$R") share=$(field achieved_share "$R")
 late=$(field late "$R") unsent=$(field unsent "$R") unanswered=$(field unanswered "$R")
 errors=$(sed -n 's/.*"errors":\({[^}]*}\).*/\1/p' "$R" | head -n 1)
@@ -128,6 +129,7 @@ echo "soak: $achieved of $RATE writes/s acknowledged (share $share; $late late, 
     "relay $(field relay_cores "$R") cores, generator $(field bench_cores "$R")"
 echo "rss ($samples samples in the window): q1 median $(mib "$q1") MiB, q2 median $(mib "$q2") MiB," \
     "q4 median $(mib "$q4") MiB, max $(mib "$max_rss") MiB; disk grew $(mib "$disk") MiB"
+echo "live heap (the relay's own figure): q2 median $(mib "$heap2") MiB, q4 median $(mib "$heap4") MiB"
 grep -v '^$' "$WORK/soak.err" | sed 's/^/  (soak stderr) /' || true
 
 verdict=FLAT
@@ -149,9 +151,9 @@ if [[ $verdict == FLAT ]] && ! awk -v s="$share" -v m="$MIN_SHARE" 'BEGIN { exit
     verdict=LOAD_NOT_HELD
     reason="$achieved of $RATE writes/s acknowledged (share $share < $MIN_SHARE): the relay did not keep up"
 fi
-printf '{"verdict":"%s","reason":"%s","rate":%s,"calibrated_max_per_sec":%s,"load":%s,"soak_seconds":%s,"warmup":%s,"sample_every":%s,"achieved_per_sec":%s,"achieved_share":%s,"samples":%s,"q1_median_bytes":%s,"q2_median_bytes":%s,"q4_median_bytes":%s,"max_rss_bytes":%s,"growth_q2_q4_bytes":%s,"tolerance_bytes":%s,"disk_growth_bytes":%s,"report":"%s"}\n' \
+printf '{"verdict":"%s","reason":"%s","rate":%s,"calibrated_max_per_sec":%s,"load":%s,"soak_seconds":%s,"warmup":%s,"sample_every":%s,"achieved_per_sec":%s,"achieved_share":%s,"samples":%s,"q1_median_bytes":%s,"q2_median_bytes":%s,"q4_median_bytes":%s,"heap_q2_median_bytes":%s,"heap_q4_median_bytes":%s,"max_rss_bytes":%s,"growth_q2_q4_bytes":%s,"tolerance_bytes":%s,"disk_growth_bytes":%s,"report":"%s"}\n' \
     "$verdict" "$reason" "$RATE" "$max" "$LOAD" "$SOAK_SECONDS" "$WARMUP" "$SAMPLE_EVERY" "$achieved" "$share" \
-    "$samples" "$q1" "$q2" "$q4" "$max_rss" "$growth" "$tolerance" "$disk" "$R" >"$WORK/summary.json"
+    "$samples" "$q1" "$q2" "$q4" "$heap2" "$heap4" "$max_rss" "$growth" "$tolerance" "$disk" "$R" >"$WORK/summary.json"
 
 if [[ $verdict == FLAT ]]; then
     echo "verdict: FLAT: the last quarter's median RSS is $(mib "$growth") MiB from the second quarter's" \

@@ -512,6 +512,9 @@ struct RssSample {
     rss_bytes: Option<u64>,
     /// Bytes of the files under the relay's data directory.
     disk_bytes: Option<u64>,
+    /// Live heap allocations as the relay reports them (`pigeonhole_heap_allocated_bytes` on
+    /// its /metrics, refreshed every 5 s), bytes: what RSS holds beyond it is allocator slack.
+    heap_allocated_bytes: Option<u64>,
     /// Writes acknowledged so far (warmup included).
     acked: u64,
 }
@@ -529,6 +532,10 @@ struct RssGrowth {
     q4_median_bytes: Option<u64>,
     /// The largest RSS sampled in the window, bytes.
     max_bytes: Option<u64>,
+    /// Median live heap (`heap_allocated_bytes`) of the second quarter, bytes.
+    heap_q2_median_bytes: Option<u64>,
+    /// Median live heap of the last quarter, bytes.
+    heap_q4_median_bytes: Option<u64>,
     /// q4 median − q1 median, bytes.
     growth_q1_q4_bytes: Option<i64>,
     /// q4 median − q2 median, bytes.
@@ -544,14 +551,18 @@ impl RssGrowth {
     fn of(samples: &[RssSample], warmup: f64, seconds: f64) -> Self {
         let window: Vec<&RssSample> =
             samples.iter().filter(|s| s.t_s >= warmup - 1e-6 && s.t_s <= warmup + seconds + 1e-6).collect();
-        let quarter = |q: usize| -> Vec<u64> {
-            window
-                .iter()
-                .filter(|s| (((s.t_s - warmup) / seconds * 4.0).floor().max(0.0) as usize).min(3) == q)
-                .filter_map(|s| s.rss_bytes)
-                .collect()
+        let quarter = |q: usize, value: fn(&RssSample) -> Option<u64>| -> Option<u64> {
+            median(
+                window
+                    .iter()
+                    .filter(|s| (((s.t_s - warmup) / seconds * 4.0).floor().max(0.0) as usize).min(3) == q)
+                    .filter_map(|s| value(s))
+                    .collect(),
+            )
         };
-        let (q1, q2, q4) = (median(quarter(0)), median(quarter(1)), median(quarter(3)));
+        let rss = |s: &RssSample| s.rss_bytes;
+        let heap = |s: &RssSample| s.heap_allocated_bytes;
+        let (q1, q2, q4) = (quarter(0, rss), quarter(1, rss), quarter(3, rss));
         let diff = |a: Option<u64>, b: Option<u64>| Some(a? as i64 - b? as i64);
         let disks: Vec<u64> = window.iter().filter_map(|s| s.disk_bytes).collect();
         Self {
@@ -560,6 +571,8 @@ impl RssGrowth {
             q2_median_bytes: q2,
             q4_median_bytes: q4,
             max_bytes: window.iter().filter_map(|s| s.rss_bytes).max(),
+            heap_q2_median_bytes: quarter(1, heap),
+            heap_q4_median_bytes: quarter(3, heap),
             growth_q1_q4_bytes: diff(q4, q1),
             growth_q2_q4_bytes: diff(q4, q2),
             growth_q2_q4_pct: match (diff(q4, q2), q2) {
@@ -577,11 +590,18 @@ fn median(mut values: Vec<u64>) -> Option<u64> {
     values.get(values.len().checked_sub(1)? / 2).copied()
 }
 
+/// Where the relay's figures come from: its process, its data directory, its /metrics page.
+struct RelayProbe {
+    pid: Option<u32>,
+    data: Option<PathBuf>,
+    http: reqwest::Client,
+    metrics_url: String,
+}
+
 /// Samples the relay every `every` from `start` until `close` (one last sample at `close`),
 /// or until `stop` fires (one last sample then: the clients are done).
 async fn sample_relay(
-    pid: Option<u32>,
-    data: Option<PathBuf>,
+    probe: RelayProbe,
     acked: Arc<AtomicU64>,
     start: Instant,
     close: Instant,
@@ -598,15 +618,17 @@ async fn sample_relay(
         if stopped {
             at = Instant::now().min(close);
         }
-        let rss_bytes = pid.and_then(|pid| memory(pid).rss_kb).map(|kb| kb * 1024);
-        let disk_bytes = match data.clone() {
+        let rss_bytes = probe.pid.and_then(|pid| memory(pid).rss_kb).map(|kb| kb * 1024);
+        let disk_bytes = match probe.data.clone() {
             Some(dir) => tokio::task::spawn_blocking(move || disk_bytes(&dir)).await.ok().flatten(),
             None => None,
         };
+        let heap_allocated_bytes = heap_allocated(&probe.http, &probe.metrics_url).await;
         samples.push(RssSample {
             t_s: round3(at.duration_since(start).as_secs_f64()),
             rss_bytes,
             disk_bytes,
+            heap_allocated_bytes,
             acked: acked.load(Ordering::Relaxed),
         });
         if stopped || at >= close {
@@ -614,6 +636,17 @@ async fn sample_relay(
         }
     }
     samples
+}
+
+/// The relay's live heap from its Prometheus page, if it reports one.
+async fn heap_allocated(http: &reqwest::Client, metrics_url: &str) -> Option<u64> {
+    let page = http.get(metrics_url).timeout(Duration::from_secs(5)).send().await.ok()?.text().await.ok()?;
+    prometheus_value(&page, "pigeonhole_heap_allocated_bytes").map(|v| v as u64)
+}
+
+/// The value of an unlabelled sample `name` on a Prometheus text page.
+fn prometheus_value(page: &str, name: &str) -> Option<f64> {
+    page.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 #[derive(Serialize)]
@@ -849,9 +882,14 @@ async fn ingest(args: &IngestArgs, relay: &Relay) -> Result<Report> {
     });
     let (stop_sampling, stop) = tokio::sync::oneshot::channel();
     let samples = args.sample_every.map(|every| {
-        tokio::spawn(sample_relay(
+        let probe = RelayProbe {
             pid,
-            relay.data.clone(),
+            data: relay.data.clone(),
+            http: http.clone(),
+            metrics_url: format!("{}/metrics", relay.url),
+        };
+        tokio::spawn(sample_relay(
+            probe,
             acked.clone(),
             start,
             window.close,
@@ -1023,6 +1061,15 @@ mod tests {
     }
 
     #[test]
+    fn prometheus_values_are_found_by_exact_name() {
+        let page = "# TYPE pigeonhole_heap_allocated_bytes gauge\npigeonhole_heap_allocated_bytes_x 1\n\
+                    pigeonhole_heap_allocated_bytes 4.2e7\npigeonhole_connections 3\n";
+        assert_eq!(prometheus_value(page, "pigeonhole_heap_allocated_bytes"), Some(4.2e7));
+        assert_eq!(prometheus_value(page, "pigeonhole_connections"), Some(3.0));
+        assert_eq!(prometheus_value(page, "pigeonhole_heap_resident_bytes"), None);
+    }
+
+    #[test]
     fn rss_growth_compares_the_quarters_of_the_window() {
         // Warmup 10 s, window 40 s, a sample every 5 s: quarters of 10 s from t = 10.
         let samples: Vec<RssSample> = (0..=10u32)
@@ -1030,6 +1077,7 @@ mod tests {
                 t_s: f64::from(k) * 5.0,
                 rss_bytes: Some(1000 + u64::from(k) * 10),
                 disk_bytes: Some(u64::from(k) * 100),
+                heap_allocated_bytes: (k % 2 == 0).then(|| u64::from(k) * 3),
                 acked: u64::from(k),
             })
             .collect();
@@ -1043,7 +1091,10 @@ mod tests {
         assert_eq!(growth.growth_q2_q4_bytes, Some(50));
         assert_eq!(growth.growth_q2_q4_pct, Some(4.808));
         assert_eq!(growth.disk_growth_bytes, Some(800));
+        assert_eq!(growth.heap_q2_median_bytes, Some(12), "only t = 20 reported a heap");
+        assert_eq!(growth.heap_q4_median_bytes, Some(24), "t = 40, 50");
         let none = RssGrowth::of(&[], 10.0, 40.0);
+        assert_eq!(none.heap_q4_median_bytes, None);
         assert_eq!((none.samples, none.q2_median_bytes, none.growth_q2_q4_pct), (0, None, None));
     }
 }

@@ -3,6 +3,7 @@
 //! (`commands`, on top of `pigeonhole-client`).
 
 mod commands;
+mod heap;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -327,6 +328,7 @@ fn serve(args: ServeArgs, json: bool) -> Result<()> {
         return Ok(());
     }
     init_logging(config.log_format, &args.log)?;
+    heap::report_heap_metrics();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -15,7 +15,8 @@ use pigeonhole_proto::keys::{PublicKey, SecretKey};
 use pigeonhole_proto::receipt::{RelayDocument, RelayInfo, UsageEntry, UsageReport};
 use pigeonhole_proto::request::{Inventory, Listen, Message, Request, SignedMessage};
 use pigeonhole_store::{
-    Account, AccountStatus, ListQuery, NewRecord, ReadOutcome, RecordMeta, Store, StoreError, StoredRecord,
+    Account, AccountStatus, ListQuery, NewRecord, PageRead, ReadOutcome, RecordMeta, Store, StoreError,
+    StoredRecord,
 };
 
 use crate::config::{AccountPolicy, RelayConfig};
@@ -97,6 +98,21 @@ pub struct PageSize {
     pub records: usize,
     /// Most bytes of stored records after the first record.
     pub bytes: usize,
+}
+
+/// One listener's next page: see [`Engine::deliver_many`].
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery {
+    /// Who reads: the receiver (counted) or the owner watching its own outbox (not counted).
+    pub reader: PublicKey,
+    /// Outbox owner.
+    pub owner: PublicKey,
+    /// Outbox receiver.
+    pub receiver: PublicKey,
+    /// Deliver records with `seq > after_seq`.
+    pub after_seq: u64,
+    /// How much the page may hold.
+    pub size: PageSize,
 }
 
 /// What a client gets back for a read.
@@ -580,50 +596,68 @@ impl Engine {
         Ok((*owner, *receiver, start))
     }
 
-    /// Delivers up to `limit` records of an outbox after `after_seq` to a listener, and the
-    /// cursor after them. Deliveries to the receiver are reads: they are counted against each
-    /// record's pull limit and logged for usage reports, in one durable commit per page (the
-    /// owner watching its own outbox is not a read). After the first record, a page holds at
-    /// most `size.bytes` of record bytes.
-    pub fn deliver(
+    /// Delivers a page to each listener, answered in order: its records and the cursor after
+    /// them. Deliveries to the receiver are reads: they are counted against each record's
+    /// pull limit and logged for usage reports, all of them in one commit
+    /// ([`Store::read_after_many`]; the owner watching its own outbox is not a read). After
+    /// the first record, a page holds at most `size.bytes` of record bytes.
+    pub fn deliver_many(
         &self,
-        reader: &PublicKey,
-        owner: &PublicKey,
-        receiver: &PublicKey,
-        after_seq: u64,
-        size: PageSize,
+        pages: &[Delivery],
         now: u64,
-    ) -> Result<(Vec<StoredRecord>, u64), RelayError> {
-        let PageSize { records: limit, bytes: max_bytes } = size;
-        let limit = limit.min(self.config.limits.max_inventory as usize);
+    ) -> Vec<Result<(Vec<StoredRecord>, u64), RelayError>> {
+        let limit = |page: &Delivery| page.size.records.min(self.config.limits.max_inventory as usize);
         // The owner watching its own outbox reads nothing, and a full disk must not stop
         // serving: both get the page uncounted.
-        let uncounted = || -> Result<(Vec<StoredRecord>, u64), RelayError> {
-            let records = self.store.fetch_after(owner, receiver, after_seq, limit, now)?;
-            let cursor = records.last().map_or(after_seq, |r| r.meta.seq);
+        let uncounted = |page: &Delivery| -> Result<(Vec<StoredRecord>, u64), RelayError> {
+            let records =
+                self.store.fetch_after(&page.owner, &page.receiver, page.after_seq, limit(page), now)?;
+            let cursor = records.last().map_or(page.after_seq, |r| r.meta.seq);
             Ok((records, cursor))
         };
-        if reader != receiver {
-            return uncounted();
-        }
-        let served = match self.store.read_after(owner, receiver, after_seq, limit, max_bytes, now) {
-            Err(StoreError::Full) => {
-                Self::uncounted_read();
-                return uncounted();
-            }
-            other => other?,
-        };
-        let cursor = served.last().map_or(after_seq, |(r, _)| r.meta.seq);
-        let served = served
-            .into_iter()
-            .map(|(record, exhausted)| {
-                if exhausted {
-                    self.forget_write(record.meta.record_hash, now);
-                }
-                record
+        let counted: Vec<PageRead> = pages
+            .iter()
+            .filter(|page| page.reader == page.receiver)
+            .map(|page| PageRead {
+                owner: page.owner,
+                receiver: page.receiver,
+                after_seq: page.after_seq,
+                limit: limit(page),
+                max_bytes: page.size.bytes,
             })
             .collect();
-        Ok((served, cursor))
+        let mut served = match self.store.read_after_many(&counted, now) {
+            Ok(served) => Ok(served.into_iter()),
+            Err(StoreError::Full) => {
+                Self::uncounted_read();
+                Err(None)
+            }
+            Err(e) => Err(Some(RelayError::from(e))),
+        };
+        pages
+            .iter()
+            .map(|page| {
+                if page.reader != page.receiver {
+                    return uncounted(page);
+                }
+                let records = match &mut served {
+                    Ok(pages) => pages.next().unwrap_or_default(),
+                    Err(None) => return uncounted(page),
+                    Err(Some(e)) => return Err(e.clone()),
+                };
+                let cursor = records.last().map_or(page.after_seq, |(r, _)| r.meta.seq);
+                let records = records
+                    .into_iter()
+                    .map(|(record, exhausted)| {
+                        if exhausted {
+                            self.forget_write(record.meta.record_hash, now);
+                        }
+                        record
+                    })
+                    .collect();
+                Ok((records, cursor))
+            })
+            .collect()
     }
 
     /// Reads keep working when the disk is full, but cannot be counted or logged: say so.

@@ -29,7 +29,8 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::commit::Committer;
-use crate::engine::{Engine, PageSize, RequestPath, Verified};
+use crate::deliveries::Deliveries;
+use crate::engine::{Delivery, Engine, PageSize, RequestPath, Verified};
 use crate::error::{ErrorCode, RelayError};
 use crate::notify::{DropWaiters, Notifier};
 use crate::postage::Postage;
@@ -43,6 +44,8 @@ pub struct AppState {
     pub committer: Committer,
     /// Listener wake-ups.
     pub notifier: Arc<Notifier>,
+    /// The delivery group: listens' and long polls' pages, counted together.
+    pub deliveries: Deliveries,
     /// Requests per IP.
     pub ip_limiter: DefaultKeyedRateLimiter<IpAddr>,
     /// Registrations per IP.
@@ -88,6 +91,7 @@ impl AppState {
         Self {
             postage: Postage::new(&engine),
             drop_waiters: committer.drop_waiters().clone(),
+            deliveries: Deliveries::start(engine.clone()),
             ip_limiter: RateLimiter::keyed(Quota::per_second(per_sec).allow_burst(burst)),
             registration_limiter: RateLimiter::keyed(Quota::per_hour(per_hour)),
             write_limiter: RateLimiter::keyed(Quota::per_second(writes).allow_burst(write_burst)),
@@ -636,18 +640,9 @@ pub(crate) async fn fetch_page(
     cursor: u64,
     limit: usize,
 ) -> Result<(Vec<RecordOut>, u64), ApiError> {
-    let engine = state.engine.clone();
-    let (records, next) = blocking(move || {
-        engine.deliver(
-            &reader,
-            &owner,
-            &receiver,
-            cursor,
-            PageSize { records: limit, bytes: PAGE_BYTES },
-            now_ms(),
-        )
-    })
-    .await?;
+    let size = PageSize { records: limit, bytes: PAGE_BYTES };
+    let (records, next) =
+        state.deliveries.deliver(Delivery { reader, owner, receiver, after_seq: cursor, size }).await?;
     let list = records.into_iter().map(record_out).collect::<Result<Vec<_>, _>>()?;
     Ok((list, next))
 }

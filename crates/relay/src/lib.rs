@@ -13,6 +13,7 @@
 
 pub mod commit;
 pub mod config;
+pub mod deliveries;
 pub mod drops;
 pub mod engine;
 pub mod error;

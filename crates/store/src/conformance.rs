@@ -37,8 +37,8 @@ use pigeonhole_proto::keys::{PublicKey, SecretKey};
 use pigeonhole_proto::tag::{Prefix, TAG_LEN, Tag};
 
 use crate::{
-    Account, AccountStatus, DROP_BUCKET_BITS, DropOutcome, ListQuery, NewDrop, NewRecord, PutOutcome,
-    ReadOutcome, RecordMeta, Store, StoredDrop, StoredRecord, Usage, drop_bucket,
+    Account, AccountStatus, DROP_BUCKET_BITS, DropOutcome, ListQuery, NewDrop, NewRecord, PageRead,
+    PutOutcome, ReadOutcome, RecordMeta, Store, StoredDrop, StoredRecord, Usage, drop_bucket,
 };
 
 /// One case of the suite: a name and a check run against a fresh store.
@@ -81,6 +81,10 @@ pub fn cases<S: Store>() -> Vec<Case<S>> {
         ("pull_limit_exhaustion", pull_limit_exhaustion::<S>),
         ("read_batch_counts_each_read", read_batch_counts_each_read::<S>),
         ("read_after_serves_a_counted_page", read_after_serves_a_counted_page::<S>),
+        (
+            "read_after_many_counts_pages_as_one_after_another",
+            read_after_many_counts_pages_as_one_after_another::<S>,
+        ),
         ("usage_window", usage_window::<S>),
         ("delete", delete::<S>),
         ("accounts", accounts::<S>),
@@ -758,6 +762,63 @@ fn read_after_serves_a_counted_page<S: Store>(s: &S) {
         ReadOutcome::Served { record, exhausted } => assert_eq!((record.meta.pulls, exhausted), (3, false)),
         ReadOutcome::NotFound => panic!("\"d\" is still stored"),
     }
+}
+
+fn read_after_many_counts_pages_as_one_after_another<S: Store>(s: &S) {
+    let page = |owner: PublicKey, receiver: PublicKey, after_seq: u64, limit: usize| PageRead {
+        owner,
+        receiver,
+        after_seq,
+        limit,
+        max_bytes: 1 << 20,
+    };
+    let summary = |pages: Vec<Vec<(StoredRecord, bool)>>| -> Vec<Vec<(String, u32, bool)>> {
+        pages
+            .into_iter()
+            .map(|p| {
+                p.into_iter().map(|(r, exhausted)| (r.meta.record_id, r.meta.pulls, exhausted)).collect()
+            })
+            .collect()
+    };
+    assert_eq!(s.read_after_many(&[], 10).expect("no pages"), Vec::<Vec<(StoredRecord, bool)>>::new());
+    put_one(s, with(rec(alice(), bob(), "twice"), |r| r.max_pulls = 2));
+    let b = put_one(s, rec(alice(), bob(), "b"));
+    put_one(s, rec(carol(), bob(), "from-carol"));
+    let before = s.totals().expect("totals");
+    // The same outbox on three pages (two listens of one receiver, say): "twice" is counted on
+    // the first two and used up by the second, so the third no longer has it; another outbox
+    // and an empty page sit between them.
+    let pages = [
+        page(alice(), bob(), 0, 10),
+        page(carol(), bob(), 0, 10),
+        page(alice(), bob(), 0, 1),
+        page(alice(), carol(), 0, 10),
+        page(alice(), bob(), 0, 10),
+        page(alice(), bob(), b, 10),
+    ];
+    assert_eq!(
+        summary(s.read_after_many(&pages, 20).expect("read_after_many")),
+        vec![
+            vec![("twice".to_owned(), 1, false), ("b".to_owned(), 1, false)],
+            vec![("from-carol".to_owned(), 1, false)],
+            vec![("twice".to_owned(), 2, true)],
+            vec![],
+            vec![("b".to_owned(), 2, false)],
+            vec![],
+        ]
+    );
+    // The used-up record left the store once, and its bytes left the totals once.
+    assert_eq!(s.get(&alice(), &bob(), "twice", 20).expect("get"), None);
+    let after = s.totals().expect("totals");
+    assert_eq!(before.records - after.records, 1);
+    assert_eq!(s.owner_usage(&alice()).expect("usage").records, 1);
+    // Each serve was logged under its own key, and the counts go on from there.
+    assert_eq!(s.usage(&alice(), None, None, 100).expect("usage").len(), 4);
+    assert_eq!(s.usage(&carol(), None, None, 100).expect("usage").len(), 1);
+    assert_eq!(
+        summary(s.read_after_many(&[page(alice(), bob(), 0, 10)], 21).expect("again")),
+        vec![vec![("b".to_owned(), 3, false)]]
+    );
 }
 
 fn pull_limit_exhaustion<S: Store>(s: &S) {

@@ -105,8 +105,8 @@ use crate::codec::{
     seq_key, seq_suffix, stamp_key, tag_key, usage_key, usage_key_read_at,
 };
 use crate::{
-    Account, DropOutcome, ListQuery, MAX_READ_BATCH, NewDrop, NewRecord, PutOutcome, ReadKey, ReadOutcome,
-    RecordMeta, Store, StoreError, StoredDrop, StoredRecord, Usage, UsageRow, drop_bucket,
+    Account, DropOutcome, ListQuery, MAX_READ_BATCH, NewDrop, NewRecord, PageRead, PutOutcome, ReadKey,
+    ReadOutcome, RecordMeta, Store, StoreError, StoredDrop, StoredRecord, Usage, UsageRow, drop_bucket,
 };
 
 /// The format marker stored under `meta/format`.
@@ -1442,61 +1442,90 @@ impl Store for FjallStore {
         max_bytes: usize,
         now: u64,
     ) -> Result<Vec<(StoredRecord, bool)>, StoreError> {
-        let limit = limit.min(MAX_READ_BATCH);
-        let Some(from) = after_seq.checked_add(1) else { return Ok(Vec::new()) };
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        // One walk of the outbox index inside the write: each record is read once, counted and
-        // logged, and the whole page becomes durable in one commit.
+        let page = PageRead { owner: *owner, receiver: *receiver, after_seq, limit, max_bytes };
+        Ok(self.read_after_many(std::slice::from_ref(&page), now)?.pop().unwrap_or_default())
+    }
+
+    fn read_after_many(
+        &self,
+        pages: &[PageRead],
+        now: u64,
+    ) -> Result<Vec<Vec<(StoredRecord, bool)>>, StoreError> {
+        // One walk of each outbox index inside the write: each record is read once, counted and
+        // logged, and every page becomes durable in one commit.
         let mut state = self.write.lock();
         let mut change = Change::new(self)?;
+        // Usage keys are unique per read: this commit's number, then the read's index in it.
         let counter_base = (state.commit + 1) << 16;
-        let mut served = Vec::new();
-        let mut total = 0usize;
-        let (start, end) = seq_range(&outbox_prefix(owner, receiver), from);
-        for guard in change.snap.range(&self.ks.outbox, start..=end) {
-            let key = guard.key().map_err(fjall_error)?;
-            let seq = seq_suffix(&key, "outbox")?;
-            let value = change
-                .snap
-                .get(&self.ks.records, seq_key(seq))
-                .map_err(fjall_error)?
-                .ok_or_else(|| corrupted("outbox", format_args!("entry for seq {seq} has no record")))?;
-            let (meta, bytes) = decode_record(&value)?;
-            if meta.owner != *owner || meta.receiver != *receiver {
-                return Err(corrupted("outbox", format_args!("entry for seq {seq} names another record")));
-            }
-            if meta.expires_at <= now {
+        let mut index = 0usize;
+        let mut pulls_so_far: HashMap<u64, u32> = HashMap::new();
+        let mut removed: HashSet<u64> = HashSet::new();
+        let mut served_pages = Vec::with_capacity(pages.len());
+        for page in pages {
+            let mut served = Vec::new();
+            let limit = page.limit.min(MAX_READ_BATCH - index);
+            let (Some(from), true) = (page.after_seq.checked_add(1), limit > 0) else {
+                served_pages.push(served);
                 continue;
+            };
+            let mut total = 0usize;
+            let (start, end) = seq_range(&outbox_prefix(&page.owner, &page.receiver), from);
+            for guard in change.snap.range(&self.ks.outbox, start..=end) {
+                let key = guard.key().map_err(fjall_error)?;
+                let seq = seq_suffix(&key, "outbox")?;
+                if removed.contains(&seq) {
+                    continue;
+                }
+                let value =
+                    change.snap.get(&self.ks.records, seq_key(seq)).map_err(fjall_error)?.ok_or_else(
+                        || corrupted("outbox", format_args!("entry for seq {seq} has no record")),
+                    )?;
+                let (meta, bytes) = decode_record(&value)?;
+                if meta.owner != page.owner || meta.receiver != page.receiver {
+                    return Err(corrupted(
+                        "outbox",
+                        format_args!("entry for seq {seq} names another record"),
+                    ));
+                }
+                if meta.expires_at <= now {
+                    continue;
+                }
+                if !served.is_empty() && total.saturating_add(bytes.len()) > page.max_bytes {
+                    break;
+                }
+                total = total.saturating_add(bytes.len());
+                let before = match pulls_so_far.get(&seq) {
+                    Some(pulls) => *pulls,
+                    None => self.pulls(&change.snap, seq)?,
+                };
+                let pulls = before.saturating_add(1);
+                let exhausted = meta.max_pulls != 0 && pulls >= meta.max_pulls;
+                change.batch.insert(
+                    &self.ks.usage,
+                    usage_key(&page.owner, now, counter_base + index as u64),
+                    encode_usage(&page.receiver, meta.size, &meta.record_id),
+                );
+                index += 1;
+                if exhausted {
+                    change.remove(seq, &meta, false)?;
+                    removed.insert(seq);
+                } else {
+                    change.batch.insert(&self.ks.pulls, seq_key(seq), pulls.to_be_bytes());
+                    pulls_so_far.insert(seq, pulls);
+                }
+                let record = StoredRecord { meta: meta.into_meta(seq, pulls), bytes: bytes.to_vec() };
+                served.push((record, exhausted));
+                if served.len() >= limit {
+                    break;
+                }
             }
-            if !served.is_empty() && total.saturating_add(bytes.len()) > max_bytes {
-                break;
-            }
-            total = total.saturating_add(bytes.len());
-            let pulls = self.pulls(&change.snap, seq)?.saturating_add(1);
-            let exhausted = meta.max_pulls != 0 && pulls >= meta.max_pulls;
-            change.batch.insert(
-                &self.ks.usage,
-                usage_key(owner, now, counter_base + served.len() as u64),
-                encode_usage(receiver, meta.size, &meta.record_id),
-            );
-            if exhausted {
-                change.remove(seq, &meta, false)?;
-            } else {
-                change.batch.insert(&self.ks.pulls, seq_key(seq), pulls.to_be_bytes());
-            }
-            let record = StoredRecord { meta: meta.into_meta(seq, pulls), bytes: bytes.to_vec() };
-            served.push((record, exhausted));
-            if served.len() >= limit {
-                break;
-            }
+            served_pages.push(served);
         }
-        if !served.is_empty() {
+        if index > 0 {
             // Counts of pushed records need not cost an fsync each: see Store::read_after.
             self.commit_as(&mut state, change, None, PersistMode::Buffer)?;
         }
-        Ok(served)
+        Ok(served_pages)
     }
 
     fn delete(&self, owner: &PublicKey, receiver: &PublicKey, record_id: &str) -> Result<bool, StoreError> {

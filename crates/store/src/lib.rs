@@ -144,8 +144,24 @@ pub struct ReadKey {
     pub record_id: String,
 }
 
-/// Most reads in one [`Store::read_batch`].
+/// Most reads in one [`Store::read_batch`], and most records one [`Store::read_after_many`]
+/// serves in all.
 pub const MAX_READ_BATCH: usize = 1 << 16;
+
+/// One outbox page to serve to its receiver: see [`Store::read_after`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageRead {
+    /// Outbox owner.
+    pub owner: PublicKey,
+    /// Receiver (the reader).
+    pub receiver: PublicKey,
+    /// Serve records with `seq > after_seq`.
+    pub after_seq: u64,
+    /// Most records of the page.
+    pub limit: usize,
+    /// Most record bytes of the page after its first record.
+    pub max_bytes: usize,
+}
 
 /// Result of counting one read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -383,6 +399,35 @@ pub trait Store: Send + Sync + 'static {
                 ReadOutcome::NotFound => None,
             })
             .collect())
+    }
+
+    /// Serves several pages as [`Store::read_after`] would serve each, in order, in one commit
+    /// (same durability): a group of listens woken by one write costs one commit, not one
+    /// each. A record on two pages is counted twice, and one whose pull limit the first page
+    /// reached is not on the second. At most [`MAX_READ_BATCH`] records are served in all:
+    /// the pages after that come back short, and their readers resume from their cursors.
+    ///
+    /// The default calls [`Store::read_after`] for each page (one commit each).
+    fn read_after_many(
+        &self,
+        pages: &[PageRead],
+        now: u64,
+    ) -> Result<Vec<Vec<(StoredRecord, bool)>>, StoreError> {
+        let mut left = MAX_READ_BATCH;
+        let mut served = Vec::with_capacity(pages.len());
+        for page in pages {
+            let records = self.read_after(
+                &page.owner,
+                &page.receiver,
+                page.after_seq,
+                page.limit.min(left),
+                page.max_bytes,
+                now,
+            )?;
+            left -= records.len().min(left);
+            served.push(records);
+        }
+        Ok(served)
     }
 
     /// Deletes a record; returns whether it existed.
