@@ -328,7 +328,6 @@ fn serve(args: ServeArgs, json: bool) -> Result<()> {
         return Ok(());
     }
     init_logging(config.log_format, &args.log)?;
-    heap::report_heap_metrics();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -338,6 +337,8 @@ fn serve(args: ServeArgs, json: bool) -> Result<()> {
             config,
             |addr| {
                 use std::io::Write as _;
+                // The metrics recorder is installed by now: the first figures are not lost.
+                heap::report_heap_metrics();
                 println!("listening on http://{addr}");
                 let _ = std::io::stdout().flush();
             },

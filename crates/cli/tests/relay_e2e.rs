@@ -154,6 +154,17 @@ async fn happy_path_write_receipt_read_inventory_delete() {
     let metrics = relay.get("/metrics").await;
     assert_eq!(metrics.status, 200);
     assert!(metrics.text.contains("pigeonhole_requests_total"), "{}", metrics.text);
+    // The allocator's own account of the heap: live allocations, and the pages it holds.
+    let gauge = |name: &str| -> f64 {
+        metrics
+            .text
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {}", metrics.text))
+    };
+    let (allocated, resident) =
+        (gauge("pigeonhole_heap_allocated_bytes"), gauge("pigeonhole_heap_resident_bytes"));
+    assert!(allocated > 0.0 && resident >= allocated, "allocated {allocated}, resident {resident}");
 }
 
 // ---------------------------------------------------------------------------------------
