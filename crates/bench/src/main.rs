@@ -116,7 +116,7 @@ enum Command {
     Ingest(ingest::IngestArgs),
     /// Pull throughput: one writer fills an outbox with R records (pipelined over a WebSocket
     /// session), then the receiver pulls them all with a WebSocket `listen` (pushes of up to
-    /// 32 records); reports records_per_sec and mb_per_sec of the pull phase.
+    /// 512 records / 1 MiB); reports records_per_sec and mb_per_sec of the pull phase.
     Sync(sync::SyncArgs),
     /// End-to-end delivery latency: W writers write open loop at a fixed total rate to R
     /// receivers that hold WebSocket listens; the latency of a record runs from the instant its

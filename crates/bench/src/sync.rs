@@ -1,5 +1,5 @@
 //! `sync`: one writer fills an outbox with R records over a pipelined WebSocket session, then
-//! the receiver pulls them all with a WebSocket `listen` (pushes of up to 32 records).
+//! the receiver pulls them all with a WebSocket `listen` (pushes of up to 512 records / 1 MiB).
 
 use std::collections::HashMap;
 use std::process::ExitCode;
