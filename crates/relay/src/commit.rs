@@ -5,7 +5,6 @@
 //! made it durable.
 
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use pigeonhole_proto::receipt::{CommitGroup, DropLeaf, DropReceipt, Receipt, ReceiptLeaf, WriteReceipt};
 use pigeonhole_store::{DropOutcome, NewDrop, NewRecord, PutOutcome};
@@ -14,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::engine::{Engine, random_aux};
 use crate::error::{ErrorCode, RelayError};
 use crate::notify::{DropWaiters, Notifier};
+use crate::worker::GroupThread;
 
 /// The answer to an accepted write.
 #[derive(Debug, Clone)]
@@ -42,8 +42,7 @@ enum Job {
 
 /// Handle to the commit thread.
 pub struct Committer {
-    queue: mpsc::Sender<Job>,
-    thread: Option<JoinHandle<()>>,
+    thread: GroupThread<Job>,
     drop_waiters: Arc<DropWaiters>,
 }
 
@@ -54,14 +53,14 @@ fn busy() -> RelayError {
 impl Committer {
     /// Starts the commit thread.
     pub fn start(engine: Arc<Engine>, notifier: Arc<Notifier>) -> Self {
-        let (queue, jobs) = mpsc::channel(engine.config().limits.commit_queue);
         let drop_waiters = Arc::new(DropWaiters::default());
         let waiters = drop_waiters.clone();
-        let thread = std::thread::Builder::new()
-            .name("pigeonhole-commit".into())
-            .spawn(move || commit_loop(&engine, &notifier, &waiters, jobs))
-            .expect("the OS lets us start one thread at startup");
-        Self { queue, thread: Some(thread), drop_waiters }
+        let limits = &engine.config().limits;
+        let (capacity, max_batch) = (limits.commit_queue, limits.max_commit_batch);
+        let thread = GroupThread::start("pigeonhole-commit", capacity, max_batch, move |batch| {
+            commit_batch(&engine, &notifier, &waiters, batch);
+        });
+        Self { thread, drop_waiters }
     }
 
     /// The registry of drop waiters that commits wake.
@@ -70,7 +69,7 @@ impl Committer {
     }
 
     fn enqueue(&self, job: Job) -> Result<(), RelayError> {
-        self.queue.try_send(job).map_err(|e| match e {
+        self.thread.queue().try_send(job).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => {
                 metrics::counter!("pigeonhole_rejections_total", "reason" => "commit_queue_full")
                     .increment(1);
@@ -95,43 +94,13 @@ impl Committer {
     }
 
     /// Stops accepting writes, commits everything already queued, and joins the thread.
-    pub fn shutdown(mut self) {
-        self.close();
-    }
-
-    fn close(&mut self) {
-        // Replacing the sender with a closed one drops the last sender: the thread drains the
-        // queue and exits.
-        let (closed, _) = mpsc::channel(1);
-        drop(std::mem::replace(&mut self.queue, closed));
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-impl Drop for Committer {
-    fn drop(&mut self) {
-        self.close();
+    pub fn shutdown(self) {
+        drop(self);
     }
 }
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
-fn commit_loop(engine: &Engine, notifier: &Notifier, waiters: &DropWaiters, mut jobs: mpsc::Receiver<Job>) {
-    let max_batch = engine.config().limits.max_commit_batch;
-    while let Some(first) = jobs.blocking_recv() {
-        let mut batch = vec![first];
-        while batch.len() < max_batch {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        commit_batch(engine, notifier, waiters, batch);
-    }
 }
 
 type WriteReply = oneshot::Sender<Result<WriteOutcome, RelayError>>;

@@ -9,13 +9,13 @@
 //! pages woken together are counted together.
 
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use pigeonhole_store::StoredRecord;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::engine::{Delivery, Engine};
 use crate::error::{ErrorCode, RelayError};
+use crate::worker::GroupThread;
 
 /// Pages waiting for the delivery thread before listeners wait to queue theirs.
 pub const DELIVERY_QUEUE: usize = 4096;
@@ -32,8 +32,7 @@ struct Job {
 
 /// Handle to the delivery thread.
 pub struct Deliveries {
-    queue: mpsc::Sender<Job>,
-    thread: Option<JoinHandle<()>>,
+    thread: GroupThread<Job>,
 }
 
 fn stopping() -> RelayError {
@@ -43,34 +42,18 @@ fn stopping() -> RelayError {
 impl Deliveries {
     /// Starts the delivery thread.
     pub fn start(engine: Arc<Engine>) -> Self {
-        let (queue, jobs) = mpsc::channel(DELIVERY_QUEUE);
-        let thread = std::thread::Builder::new()
-            .name("pigeonhole-deliver".into())
-            .spawn(move || delivery_loop(&engine, jobs))
-            .expect("the OS lets us start one thread at startup");
-        Self { queue, thread: Some(thread) }
+        let thread =
+            GroupThread::start("pigeonhole-deliver", DELIVERY_QUEUE, MAX_DELIVERY_GROUP, move |group| {
+                deliver_group(&engine, group);
+            });
+        Self { thread }
     }
 
     /// Serves one page, grouped with whatever other pages are waiting.
     pub async fn deliver(&self, page: Delivery) -> Result<Page, RelayError> {
         let (reply, answer) = oneshot::channel();
-        self.queue.send(Job { page, reply }).await.map_err(|_| stopping())?;
+        self.thread.queue().send(Job { page, reply }).await.map_err(|_| stopping())?;
         answer.await.map_err(|_| stopping())?
-    }
-
-    fn close(&mut self) {
-        // Dropping the only sender lets the thread serve what is queued and exit.
-        let (closed, _) = mpsc::channel(1);
-        drop(std::mem::replace(&mut self.queue, closed));
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-impl Drop for Deliveries {
-    fn drop(&mut self) {
-        self.close();
     }
 }
 
@@ -78,28 +61,19 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-fn delivery_loop(engine: &Engine, mut jobs: mpsc::Receiver<Job>) {
-    while let Some(first) = jobs.blocking_recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_DELIVERY_GROUP {
-            match jobs.try_recv() {
-                Ok(job) => group.push(job),
-                Err(_) => break,
-            }
-        }
-        // A listener that went away while queued needs no page (and no read counted).
-        group.retain(|job| !job.reply.is_closed());
-        if group.is_empty() {
-            continue;
-        }
-        let pages: Vec<Delivery> = group.iter().map(|job| job.page).collect();
-        let answers = engine.deliver_many(&pages, now_ms());
-        metrics::histogram!("pigeonhole_delivery_group_pages").record(pages.len() as f64);
-        for (job, answer) in group.into_iter().zip(answers) {
-            // A listener gone since keeps no page: its records were counted, as a read whose
-            // answer was lost would be.
-            let _ = job.reply.send(answer);
-        }
+fn deliver_group(engine: &Engine, mut group: Vec<Job>) {
+    // A listener that went away while queued needs no page (and no read counted).
+    group.retain(|job| !job.reply.is_closed());
+    if group.is_empty() {
+        return;
+    }
+    let pages: Vec<Delivery> = group.iter().map(|job| job.page).collect();
+    let answers = engine.deliver_many(&pages, now_ms());
+    metrics::histogram!("pigeonhole_delivery_group_pages").record(pages.len() as f64);
+    for (job, answer) in group.into_iter().zip(answers) {
+        // A listener gone since keeps no page: its records were counted, as a read whose
+        // answer was lost would be.
+        let _ = job.reply.send(answer);
     }
 }
 

@@ -23,4 +23,5 @@ pub mod openapi;
 pub mod postage;
 pub mod server;
 pub mod session;
+mod worker;
 pub mod ws;

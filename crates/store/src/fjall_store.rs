@@ -620,6 +620,61 @@ impl<'a> Change<'a> {
 }
 
 /// Builds the range `prefix ‖ from ..= prefix ‖ u64::MAX` over keys ending in a sequence number.
+/// Counts reads inside one commit exactly as reads one after another would count them: a
+/// record read twice is counted twice, one a read used up is gone for the reads after it, and
+/// every read is logged under its own usage key.
+struct ReadCounter {
+    /// Usage keys are unique per read: this commit's number, then the read's index in it.
+    counter_base: u64,
+    /// Reads counted so far (at most [`MAX_READ_BATCH`]).
+    logged: usize,
+    pulls_so_far: HashMap<u64, u32>,
+    removed: HashSet<u64>,
+}
+
+impl ReadCounter {
+    fn new(last_commit: u64) -> Self {
+        Self {
+            counter_base: (last_commit + 1) << 16,
+            logged: 0,
+            pulls_so_far: HashMap::new(),
+            removed: HashSet::new(),
+        }
+    }
+
+    /// Counts and logs one read of the live record `seq`, removing it if that read used it up.
+    fn count(
+        &mut self,
+        store: &FjallStore,
+        change: &mut Change<'_>,
+        seq: u64,
+        meta: StoredMeta,
+        bytes: &[u8],
+        now: u64,
+    ) -> Result<(StoredRecord, bool), StoreError> {
+        let before = match self.pulls_so_far.get(&seq) {
+            Some(pulls) => *pulls,
+            None => store.pulls(&change.snap, seq)?,
+        };
+        let pulls = before.saturating_add(1);
+        let exhausted = meta.max_pulls != 0 && pulls >= meta.max_pulls;
+        change.batch.insert(
+            &store.ks.usage,
+            usage_key(&meta.owner, now, self.counter_base + self.logged as u64),
+            encode_usage(&meta.receiver, meta.size, &meta.record_id),
+        );
+        self.logged += 1;
+        if exhausted {
+            change.remove(seq, &meta, false)?;
+            self.removed.insert(seq);
+        } else {
+            change.batch.insert(&store.ks.pulls, seq_key(seq), pulls.to_be_bytes());
+            self.pulls_so_far.insert(seq, pulls);
+        }
+        Ok((StoredRecord { meta: meta.into_meta(seq, pulls), bytes: bytes.to_vec() }, exhausted))
+    }
+}
+
 fn seq_range(prefix: &[u8], from: u64) -> (Vec<u8>, Vec<u8>) {
     let mut start = prefix.to_vec();
     start.extend_from_slice(&from.to_be_bytes());
@@ -1388,18 +1443,15 @@ impl Store for FjallStore {
         }
         let mut state = self.write.lock();
         let mut change = Change::new(self)?;
-        // Usage keys are unique per read: this commit's number, then the read's index in it.
-        let counter_base = (state.commit + 1) << 16;
-        let mut pulls_so_far: HashMap<u64, u32> = HashMap::new();
-        let mut removed: HashSet<u64> = HashSet::new();
+        let mut counter = ReadCounter::new(state.commit);
         let mut outcomes = Vec::with_capacity(reads.len());
-        for (index, key) in reads.iter().enumerate() {
+        for key in reads {
             let Some((seq, value)) = self.lookup(&change.snap, &key.owner, &key.receiver, &key.record_id)?
             else {
                 outcomes.push(ReadOutcome::NotFound);
                 continue;
             };
-            if removed.contains(&seq) {
+            if counter.removed.contains(&seq) {
                 outcomes.push(ReadOutcome::NotFound);
                 continue;
             }
@@ -1408,25 +1460,7 @@ impl Store for FjallStore {
                 outcomes.push(ReadOutcome::NotFound);
                 continue;
             }
-            let before = match pulls_so_far.get(&seq) {
-                Some(pulls) => *pulls,
-                None => self.pulls(&change.snap, seq)?,
-            };
-            let pulls = before.saturating_add(1);
-            let exhausted = meta.max_pulls != 0 && pulls >= meta.max_pulls;
-            change.batch.insert(
-                &self.ks.usage,
-                usage_key(&key.owner, now, counter_base + index as u64),
-                encode_usage(&key.receiver, meta.size, &key.record_id),
-            );
-            if exhausted {
-                change.remove(seq, &meta, false)?;
-                removed.insert(seq);
-            } else {
-                change.batch.insert(&self.ks.pulls, seq_key(seq), pulls.to_be_bytes());
-                pulls_so_far.insert(seq, pulls);
-            }
-            let record = StoredRecord { meta: meta.into_meta(seq, pulls), bytes: bytes.to_vec() };
+            let (record, exhausted) = counter.count(self, &mut change, seq, meta, bytes, now)?;
             outcomes.push(ReadOutcome::Served { record, exhausted });
         }
         self.commit(&mut state, change, None)?;
@@ -1455,15 +1489,11 @@ impl Store for FjallStore {
         // logged, and every page becomes durable in one commit.
         let mut state = self.write.lock();
         let mut change = Change::new(self)?;
-        // Usage keys are unique per read: this commit's number, then the read's index in it.
-        let counter_base = (state.commit + 1) << 16;
-        let mut index = 0usize;
-        let mut pulls_so_far: HashMap<u64, u32> = HashMap::new();
-        let mut removed: HashSet<u64> = HashSet::new();
+        let mut counter = ReadCounter::new(state.commit);
         let mut served_pages = Vec::with_capacity(pages.len());
         for page in pages {
             let mut served = Vec::new();
-            let limit = page.limit.min(MAX_READ_BATCH - index);
+            let limit = page.limit.min(MAX_READ_BATCH - counter.logged);
             let (Some(from), true) = (page.after_seq.checked_add(1), limit > 0) else {
                 served_pages.push(served);
                 continue;
@@ -1473,7 +1503,7 @@ impl Store for FjallStore {
             for guard in change.snap.range(&self.ks.outbox, start..=end) {
                 let key = guard.key().map_err(fjall_error)?;
                 let seq = seq_suffix(&key, "outbox")?;
-                if removed.contains(&seq) {
+                if counter.removed.contains(&seq) {
                     continue;
                 }
                 let value =
@@ -1494,34 +1524,14 @@ impl Store for FjallStore {
                     break;
                 }
                 total = total.saturating_add(bytes.len());
-                let before = match pulls_so_far.get(&seq) {
-                    Some(pulls) => *pulls,
-                    None => self.pulls(&change.snap, seq)?,
-                };
-                let pulls = before.saturating_add(1);
-                let exhausted = meta.max_pulls != 0 && pulls >= meta.max_pulls;
-                change.batch.insert(
-                    &self.ks.usage,
-                    usage_key(&page.owner, now, counter_base + index as u64),
-                    encode_usage(&page.receiver, meta.size, &meta.record_id),
-                );
-                index += 1;
-                if exhausted {
-                    change.remove(seq, &meta, false)?;
-                    removed.insert(seq);
-                } else {
-                    change.batch.insert(&self.ks.pulls, seq_key(seq), pulls.to_be_bytes());
-                    pulls_so_far.insert(seq, pulls);
-                }
-                let record = StoredRecord { meta: meta.into_meta(seq, pulls), bytes: bytes.to_vec() };
-                served.push((record, exhausted));
+                served.push(counter.count(self, &mut change, seq, meta, bytes, now)?);
                 if served.len() >= limit {
                     break;
                 }
             }
             served_pages.push(served);
         }
-        if index > 0 {
+        if counter.logged > 0 {
             // Counts of pushed records need not cost an fsync each: see Store::read_after.
             self.commit_as(&mut state, change, None, PersistMode::Buffer)?;
         }
