@@ -165,7 +165,7 @@ mod tests {
             200,
             "every read logged"
         );
-        // Shutting down joins the thread; later deliveries are refused, not hung.
+        // Dropping the last handle closes the queue and joins the thread (this returns).
         let deliveries = Arc::into_inner(deliveries).expect("the last handle");
         drop(deliveries);
     }
