@@ -22,6 +22,10 @@ pub const DELIVERY_QUEUE: usize = 4096;
 /// Most pages served in one commit.
 pub const MAX_DELIVERY_GROUP: usize = 64;
 
+// A group of full listen pushes fits in one store call, which serves at most MAX_READ_BATCH
+// records: no listener's page comes back cut short by the others in its group.
+const _: () = assert!(MAX_DELIVERY_GROUP * crate::ws::PUSH_RECORDS <= pigeonhole_store::MAX_READ_BATCH);
+
 /// A page: its records and the cursor after them.
 pub type Page = (Vec<StoredRecord>, u64);
 
