@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 
 use crate::engine::{Delivery, Engine};
 use crate::error::{ErrorCode, RelayError};
+use crate::http::now_ms;
 use crate::worker::GroupThread;
 
 /// Pages waiting for the delivery thread before listeners wait to queue theirs.
@@ -59,10 +60,6 @@ impl Deliveries {
         self.thread.queue().send(Job { page, reply }).await.map_err(|_| stopping())?;
         answer.await.map_err(|_| stopping())?
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 fn deliver_group(engine: &Engine, mut group: Vec<Job>) {
