@@ -199,7 +199,7 @@ fn fill(plan: &Plan) -> Result<Filled> {
     let sealer = derive_key(&plan.seed, "fill-owner", 0);
     let envelopes = envelope_pool(&plan.seed, &sealer, receivers[0], plan.pool, plan.size, now_ms())?;
     std::fs::create_dir_all(&plan.data).with_context(|| format!("creating {}", plan.data.display()))?;
-    let store = pigeonhole_relay::server::open_store(&plan.data).with_context(|| {
+    let store = pigeonhole_relay::server::open_store(&plan.data, &Default::default()).with_context(|| {
         format!("opening the store in {} (is a relay running on it?)", plan.data.display())
     })?;
     let progress = if plan.quiet { ProgressBar::hidden() } else { ProgressBar::new(plan.records) };

@@ -223,6 +223,40 @@ impl Default for PostageConfig {
     }
 }
 
+/// The embedded store's memory and background work. What the relay's memory comes to under
+/// load is about `cache_mib + journal_mib` plus a few tens of MiB for connections and
+/// compaction buffers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Block cache, in MiB: the data, index and filter blocks kept in memory after a read.
+    pub cache_mib: u32,
+    /// Journal kept before the oldest memtables are flushed, in MiB (at least 64): a bound on
+    /// the memory all memtables hold together, and on what a restart replays.
+    pub journal_mib: u32,
+    /// Flush and compaction threads; 0 means one per core, at most 4.
+    pub workers: u32,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self { cache_mib: 64, journal_mib: 64, workers: 0 }
+    }
+}
+
+impl StorageConfig {
+    /// The store's tuning for these settings.
+    pub fn fjall(&self) -> pigeonhole_store::FjallConfig {
+        const MIB: u64 = 1024 * 1024;
+        pigeonhole_store::FjallConfig {
+            cache_bytes: u64::from(self.cache_mib) * MIB,
+            journal_bytes: u64::from(self.journal_mib) * MIB,
+            worker_threads: self.workers as usize,
+            ..Default::default()
+        }
+    }
+}
+
 /// The whole relay configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -243,6 +277,8 @@ pub struct RelayConfig {
     pub drops: DropsConfig,
     /// Drop postage.
     pub postage: PostageConfig,
+    /// The embedded store's memory and background threads.
+    pub storage: StorageConfig,
 }
 
 impl Default for RelayConfig {
@@ -256,6 +292,7 @@ impl Default for RelayConfig {
             prices: Prices::default(),
             drops: DropsConfig::default(),
             postage: PostageConfig::default(),
+            storage: StorageConfig::default(),
         }
     }
 }
@@ -358,6 +395,16 @@ impl RelayConfig {
         if p.grace_secs > p.epoch_secs {
             return invalid("postage.grace_secs", "at most one epoch");
         }
+        let st = &self.storage;
+        if !(1..=1_048_576).contains(&st.cache_mib) {
+            return invalid("storage.cache_mib", "between 1 and 1048576 (1 TiB)");
+        }
+        if !(64..=1_048_576).contains(&st.journal_mib) {
+            return invalid("storage.journal_mib", "between 64 (the storage engine's minimum) and 1048576");
+        }
+        if st.workers > 64 {
+            return invalid("storage.workers", "at most 64 (0 = one per core, at most 4)");
+        }
         Ok(())
     }
 }
@@ -385,5 +432,13 @@ mod tests {
         let ok = RelayConfig::from_toml("[accounts]\npolicy = \"invite\"\ninvite_codes = [\"a\"]\n", path)
             .expect("ok");
         assert_eq!(ok.accounts.policy, AccountPolicy::Invite);
+        for bad in ["cache_mib = 0", "journal_mib = 32", "workers = 65"] {
+            let err = RelayConfig::from_toml(&format!("[storage]\n{bad}\n"), path).expect_err(bad);
+            let field = bad.split(' ').next().expect("field");
+            assert!(err.to_string().contains(&format!("storage.{field}")), "{err}");
+        }
+        let ok = RelayConfig::from_toml("[storage]\ncache_mib = 256\nworkers = 2\n", path).expect("ok");
+        let fjall = ok.storage.fjall();
+        assert_eq!((fjall.cache_bytes, fjall.journal_bytes, fjall.worker_threads), (256 << 20, 64 << 20, 2));
     }
 }

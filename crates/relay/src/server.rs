@@ -13,7 +13,7 @@ use pigeonhole_proto::keys::{PublicKey, SecretKey};
 use pigeonhole_store::{Account, AccountStatus, FjallStore, Store, StoreError};
 
 use crate::commit::Committer;
-use crate::config::RelayConfig;
+use crate::config::{RelayConfig, StorageConfig};
 use crate::engine::Engine;
 use crate::http::{AppState, router};
 use crate::notify::Notifier;
@@ -85,16 +85,16 @@ fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     file.sync_all()
 }
 
-/// Opens the store in `data/store`.
-pub fn open_store(data: &Path) -> Result<FjallStore, ServerError> {
+/// Opens the store in `data/store` with the given memory and thread settings.
+pub fn open_store(data: &Path, storage: &StorageConfig) -> Result<FjallStore, ServerError> {
     let path = data.join(STORE_DIR);
-    FjallStore::open(&path).map_err(|source| ServerError::Store { path, source })
+    FjallStore::open_with(&path, storage.fjall()).map_err(|source| ServerError::Store { path, source })
 }
 
 /// Adds (or re-activates) an account, for the operator's `account add` command. The relay
 /// must not be running on the same data directory.
 pub fn add_account(data: &Path, key: PublicKey, now: u64) -> Result<Account, ServerError> {
-    let store = open_store(data)?;
+    let store = open_store(data, &StorageConfig::default())?;
     let path = data.join(STORE_DIR);
     let mut account = store
         .account(&key)
@@ -278,7 +278,7 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     let data = config.data.clone();
     let key = load_or_create_key(&data)?;
-    let store: Arc<dyn Store> = Arc::new(tokio::task::block_in_place(|| open_store(&data))?);
+    let store: Arc<dyn Store> = Arc::new(tokio::task::block_in_place(|| open_store(&data, &config.storage))?);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(io_error(format!("cannot listen on {}", config.listen)))?;
