@@ -240,7 +240,13 @@ pub struct StorageConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { cache_mib: 64, journal_mib: 64, workers: 0 }
+        let store = pigeonhole_store::FjallConfig::default();
+        let mib = |bytes: u64| u32::try_from(bytes >> 20).unwrap_or(u32::MAX);
+        Self {
+            cache_mib: mib(store.cache_bytes),
+            journal_mib: mib(store.journal_bytes),
+            workers: u32::try_from(store.worker_threads).unwrap_or(0),
+        }
     }
 }
 
