@@ -232,8 +232,8 @@ impl Keyspaces {
         // from the keys in blob files, compaction moves small pointers instead of rewriting every
         // envelope at each level, which is what bounds write throughput on a large store.
         // (A keyspace keeps the options it was created with: stores made before this keep
-        // their envelopes inline, and their pinning until a restart, which opens every table
-        // below level 1 unpinned.)
+        // their envelopes inline, and the engine's default pinning, whose pins on moved tables
+        // only a restart releases.)
         let separated = || options().with_kv_separation(Some(KvSeparationOptions::default()));
         let open_separated = |name: &str| db.keyspace(name, separated).map_err(fjall_error);
         Ok(Self {
