@@ -165,6 +165,10 @@ async fn happy_path_write_receipt_read_inventory_delete() {
     let (allocated, resident) =
         (gauge("pigeonhole_heap_allocated_bytes"), gauge("pigeonhole_heap_resident_bytes"));
     assert!(allocated > 0.0 && resident >= allocated, "allocated {allocated}, resident {resident}");
+    // The store's shape, per keyspace.
+    for name in ["pigeonhole_store_tables", "pigeonhole_store_l0_tables", "pigeonhole_store_blob_files"] {
+        gauge(&format!("{name}{{keyspace=\"records\"}}"));
+    }
 }
 
 // ---------------------------------------------------------------------------------------

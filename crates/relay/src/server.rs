@@ -171,6 +171,13 @@ fn spawn_sweeper(engine: Arc<Engine>, limiter_state: std::sync::Weak<AppState>) 
                 store.prune_stamps(previous, 100_000)?;
                 let totals = store.totals()?;
                 let drop_totals = store.drop_totals()?;
+                for ks in store.keyspace_stats() {
+                    metrics::gauge!("pigeonhole_store_tables", "keyspace" => ks.name).set(ks.tables as f64);
+                    metrics::gauge!("pigeonhole_store_l0_tables", "keyspace" => ks.name)
+                        .set(ks.l0_tables as f64);
+                    metrics::gauge!("pigeonhole_store_blob_files", "keyspace" => ks.name)
+                        .set(ks.blob_files as f64);
+                }
                 Ok::<_, StoreError>((expired, expired_drops, totals, drop_totals))
             })
             .await;

@@ -106,8 +106,9 @@ use crate::codec::{
     seq_key, seq_suffix, stamp_key, tag_key, usage_key, usage_key_read_at,
 };
 use crate::{
-    Account, DropOutcome, ListQuery, MAX_READ_BATCH, NewDrop, NewRecord, PageRead, PutOutcome, ReadKey,
-    ReadOutcome, RecordMeta, Store, StoreError, StoredDrop, StoredRecord, Usage, UsageRow, drop_bucket,
+    Account, DropOutcome, KeyspaceStats, ListQuery, MAX_READ_BATCH, NewDrop, NewRecord, PageRead, PutOutcome,
+    ReadKey, ReadOutcome, RecordMeta, Store, StoreError, StoredDrop, StoredRecord, Usage, UsageRow,
+    drop_bucket,
 };
 
 /// The format marker stored under `meta/format`.
@@ -1654,6 +1655,19 @@ impl Store for FjallStore {
         }
     }
 
+    fn keyspace_stats(&self) -> Vec<KeyspaceStats> {
+        self.ks
+            .all()
+            .into_iter()
+            .map(|(name, ks)| KeyspaceStats {
+                name,
+                tables: ks.table_count(),
+                l0_tables: ks.l0_table_count(),
+                blob_files: ks.blob_file_count(),
+            })
+            .collect()
+    }
+
     fn last_seq(&self) -> u64 {
         self.last_seq.load(Ordering::Acquire)
     }
@@ -2080,6 +2094,14 @@ mod tests {
             }
         }
         assert!(tables >= 8, "the fill should have flushed tables in most keyspaces, got {tables}");
+        let stats = store.keyspace_stats();
+        assert_eq!(stats.len(), store.ks.all().len());
+        assert_eq!(stats.iter().map(|k| k.tables).sum::<usize>(), tables);
+        let records = stats.iter().find(|k| k.name == "records").expect("records");
+        assert!(
+            records.tables >= 1 && records.l0_tables <= records.tables && records.blob_files >= 1,
+            "{records:?}"
+        );
     }
 
     #[test]

@@ -44,6 +44,19 @@ pub struct NewRecord {
     pub bytes: Vec<u8>,
 }
 
+/// One keyspace of an LSM backend: how many files it is spread over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyspaceStats {
+    /// The keyspace (table) name.
+    pub name: &'static str,
+    /// Sorted tables on disk, over all levels.
+    pub tables: usize,
+    /// Tables in level 0 (flushed, not compacted yet): a backlog when it grows.
+    pub l0_tables: usize,
+    /// Blob files holding separated values (records' and drops' envelopes).
+    pub blob_files: usize,
+}
+
 /// What happened to one record of a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PutOutcome {
@@ -459,6 +472,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// The highest sequence number ever assigned (0 if none), to records or drops.
     fn last_seq(&self) -> u64;
+
+    /// The storage engine's shape, one entry per keyspace, for operators' gauges (empty for a
+    /// backend without one).
+    fn keyspace_stats(&self) -> Vec<KeyspaceStats> {
+        Vec::new()
+    }
 
     /// Stores drops atomically and **durably** (the same guarantee as [`Store::put_batch`]:
     /// when `Ok` returns, every `Stored` drop *and* its spent stamp survive kill -9). In batch
