@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::engine::{Engine, random_aux};
 use crate::error::{ErrorCode, RelayError};
+use crate::http::now_ms;
 use crate::notify::{DropWaiters, Notifier};
 use crate::worker::GroupThread;
 
@@ -97,10 +98,6 @@ impl Committer {
     pub fn shutdown(self) {
         drop(self);
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 type WriteReply = oneshot::Sender<Result<WriteOutcome, RelayError>>;

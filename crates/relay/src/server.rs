@@ -15,7 +15,7 @@ use pigeonhole_store::{Account, AccountStatus, FjallStore, Store, StoreError};
 use crate::commit::Committer;
 use crate::config::{RelayConfig, StorageConfig};
 use crate::engine::Engine;
-use crate::http::{AppState, router};
+use crate::http::{AppState, now_ms, router};
 use crate::notify::Notifier;
 
 /// Name of the relay's secret key file inside the data directory.
@@ -147,10 +147,6 @@ impl Drop for TaskGuard {
     fn drop(&mut self) {
         self.0.abort();
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Deletes expired records and drops every few seconds, forgets spent stamps of epochs that
