@@ -241,7 +241,7 @@ impl PublicKey {
 
     /// Lower-case hex of the 32 bytes (the JSON form).
     pub fn to_hex(&self) -> String {
-        hex::encode(self.to_bytes())
+        crate::to_hex(&self.to_bytes())
     }
 
     /// Parses 64 hex characters (either case).
@@ -334,7 +334,7 @@ impl Signature {
 
     /// Lower-case hex (the JSON form).
     pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
+        crate::to_hex(&self.0)
     }
 
     /// Parses 128 hex characters.

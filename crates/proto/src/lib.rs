@@ -27,6 +27,17 @@ macro_rules! impl_text_serde {
     };
 }
 
+/// Lower-case hex of `bytes`. `hex::encode` builds its string one `char` at a time; this
+/// fills a buffer with `hex::encode_to_slice`, several times faster on the 32- and 64-byte
+/// keys, hashes and signatures that every receipt and answer carries.
+pub(crate) fn to_hex(bytes: &[u8]) -> String {
+    let mut buf = vec![0u8; bytes.len() * 2];
+    // Cannot fail: the buffer is exactly twice the input.
+    let _ = hex::encode_to_slice(bytes, &mut buf);
+    // Hex digits are ASCII, so this is always valid UTF-8.
+    String::from_utf8(buf).unwrap_or_default()
+}
+
 pub mod card;
 pub mod drops;
 pub mod hash;
@@ -40,3 +51,14 @@ pub mod request;
 pub mod seal;
 pub mod tag;
 pub mod wire;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn to_hex_matches_the_hex_crate() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        for len in [0, 1, 32, 64, 256] {
+            assert_eq!(super::to_hex(&bytes[..len]), hex::encode(&bytes[..len]));
+        }
+    }
+}

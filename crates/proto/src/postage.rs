@@ -641,7 +641,7 @@ pub(crate) mod hex_fixed {
         bytes: &[u8; N],
         serializer: S,
     ) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&hex::encode(bytes))
+        serializer.serialize_str(&crate::to_hex(bytes))
     }
 
     pub(crate) fn deserialize<'de, D: serde::Deserializer<'de>, const N: usize>(
@@ -660,7 +660,7 @@ mod hex_list {
         values: &[[u8; 32]],
         serializer: S,
     ) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(values.iter().map(hex::encode))
+        serializer.collect_seq(values.iter().map(|v| crate::to_hex(v)))
     }
 
     pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(

@@ -973,7 +973,7 @@ mod hex_hash_list {
         hashes: &[[u8; 32]],
         serializer: S,
     ) -> Result<S::Ok, S::Error> {
-        hashes.iter().map(hex::encode).collect::<Vec<_>>().serialize(serializer)
+        hashes.iter().map(|h| crate::to_hex(h)).collect::<Vec<_>>().serialize(serializer)
     }
 
     pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(

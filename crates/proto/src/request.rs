@@ -623,7 +623,7 @@ pub(crate) mod hex_array {
         bytes: &[u8; 32],
         serializer: S,
     ) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&hex::encode(bytes))
+        serializer.serialize_str(&crate::to_hex(bytes))
     }
 
     pub(crate) fn deserialize<'de, D: serde::Deserializer<'de>>(

@@ -53,7 +53,7 @@ impl Tag {
 
     /// Lower-case hex (the JSON and URL form).
     pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
+        crate::to_hex(&self.0)
     }
 
     /// Parses 40 hex characters.

@@ -31,7 +31,8 @@ use serde_json::{Value, json};
 
 use crate::error::{ErrorCode, RelayError};
 use crate::http::{
-    ApiError, OpResult, Shared, admitted_text, blocking, error, now_ms, poll_until, read_body, respond,
+    ApiError, OpResult, Shared, admitted_text, blocking, error, now_ms, ok_body, poll_until, read_body,
+    respond,
 };
 use crate::postage::{DropUpload, Postage};
 
@@ -301,9 +302,7 @@ pub(crate) async fn op_postage(state: &Shared, verified: crate::engine::Verified
     let shared = state.clone();
     let now = now_ms();
     let response = blocking(move || shared.postage.issue_for_account(&shared.engine, &verified, now)).await?;
-    let body =
-        serde_json::to_value(&response).map_err(|e| ApiError(RelayError::internal("postage JSON", &e)))?;
-    Ok((StatusCode::OK, body))
+    ok_body(StatusCode::OK, &response)
 }
 
 /// The postage keys for `GET /v1/info`: the document (base64) and its JSON.

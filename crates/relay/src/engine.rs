@@ -369,18 +369,6 @@ impl Engine {
             record_hash: message.record_hash(),
             bytes: verified.stored_bytes(),
         };
-        // A retry of a stored write is answered with its receipt and costs no quota; a rival
-        // write to a taken path is refused before it is charged anything.
-        match self.store.get(&record.owner, &record.receiver, &record.record_id, now)? {
-            Some(existing) if existing.meta.record_hash == record.record_hash => return Ok(record),
-            Some(_) => {
-                return Err(RelayError::new(
-                    ErrorCode::Conflict,
-                    "a different record already has this path; choose a new record id",
-                ));
-            }
-            None => {}
-        }
         // The same signed write, stored before and since deleted or used up, may not come
         // back while its timestamp is still fresh.
         if self.gone.lock().contains(&record.record_hash, now) {
@@ -389,7 +377,20 @@ impl Engine {
                 "this write was already stored and has since been deleted or used up; sign a new one",
             ));
         }
-        self.check_quotas(&account, &record, now)?;
+        // Whether the path is taken is settled by the commit thread, which looks the path up
+        // anyway: a retry of a stored write gets its receipt, a rival write a conflict, and
+        // neither is charged. Only a write the quota refuses is looked up here, so that a
+        // retry or a rival is still told what it is when the account is full.
+        if let Err(refused) = self.check_quotas(&account, &record, now) {
+            return match self.store.get(&record.owner, &record.receiver, &record.record_id, now)? {
+                Some(existing) if existing.meta.record_hash == record.record_hash => Ok(record),
+                Some(_) => Err(RelayError::new(
+                    ErrorCode::Conflict,
+                    "a different record already has this path; choose a new record id",
+                )),
+                None => Err(refused),
+            };
+        }
         Ok(record)
     }
 

@@ -407,13 +407,22 @@ fn record_json(record: StoredRecord) -> Result<Value, ApiError> {
     serde_json::to_value(record_out(record)?).map_err(|e| ApiError(RelayError::internal("record JSON", &e)))
 }
 
-/// The outcome of one operation: a status and a JSON body. HTTP handlers and WebSocket
-/// frames share these, so both transports answer identically.
-pub(crate) type OpResult = Result<(StatusCode, Value), ApiError>;
+/// The outcome of one operation: a status and its JSON body, already rendered. HTTP handlers
+/// and WebSocket frames share these, so both transports answer identically.
+pub(crate) type OpResult = Result<(StatusCode, Box<RawValue>), ApiError>;
+
+/// A successful outcome with `body` rendered to JSON once (straight from its type, without
+/// building a `serde_json::Value` tree first).
+pub(crate) fn ok_body(status: StatusCode, body: &impl Serialize) -> OpResult {
+    let body = serde_json::value::to_raw_value(body)
+        .map_err(|e| ApiError(RelayError::internal("answer JSON", &e)))?;
+    Ok((status, body))
+}
 
 pub(crate) fn respond(result: OpResult) -> ApiResult {
     let (status, body) = result?;
-    Ok((status, axum::Json(body)).into_response())
+    let body = String::from(Box::<str>::from(body));
+    Ok((status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response())
 }
 
 /// The path a request names by itself (for transports without URLs, like WebSocket frames).
@@ -441,10 +450,16 @@ pub(crate) async fn op_write(state: &Shared, verified: Verified, path: RequestPa
     // more than the lookups). Anything that scans or syncs stays on the blocking pool.
     let record = state.engine.prepare_write(&verified, &path, now_ms())?;
     let outcome = state.committer.submit(record).await?;
-    let receipt = serde_json::to_value(&outcome.receipt)
-        .map_err(|e| ApiError(RelayError::internal("receipt JSON", &e)))?;
     let status = if outcome.duplicate { StatusCode::OK } else { StatusCode::CREATED };
-    Ok((status, json!({"seq": outcome.seq, "duplicate": outcome.duplicate, "receipt": receipt})))
+    ok_body(status, &Written { seq: outcome.seq, duplicate: outcome.duplicate, receipt: &outcome.receipt })
+}
+
+/// The answer to a write.
+#[derive(Serialize)]
+struct Written<'a> {
+    seq: u64,
+    duplicate: bool,
+    receipt: &'a pigeonhole_proto::receipt::WriteReceipt,
 }
 
 pub(crate) async fn op_record(state: &Shared, verified: Verified, path: RequestPath) -> OpResult {
@@ -455,9 +470,9 @@ pub(crate) async fn op_record(state: &Shared, verified: Verified, path: RequestP
         Some(read) => {
             let mut body = record_json(read.record)?;
             body["exhausted"] = json!(read.exhausted);
-            Ok((StatusCode::OK, body))
+            ok_body(StatusCode::OK, &body)
         }
-        None => Ok((StatusCode::OK, json!({"deleted": true}))),
+        None => ok_body(StatusCode::OK, &json!({"deleted": true})),
     }
 }
 
@@ -472,7 +487,7 @@ pub(crate) async fn op_inventory(state: &Shared, verified: Verified, path: Reque
     let records = blocking(move || engine.inventory(&verified, &path, now)).await?;
     let last = records.last().map_or(start, |m| m.seq);
     let list: Vec<Value> = records.iter().map(meta_json).collect();
-    Ok((StatusCode::OK, json!({"records": list, "lastSeq": last})))
+    ok_body(StatusCode::OK, &json!({"records": list, "lastSeq": last}))
 }
 
 pub(crate) async fn op_register(state: &Shared, verified: Verified, peer: IpAddr) -> OpResult {
@@ -495,10 +510,10 @@ pub(crate) async fn op_register(state: &Shared, verified: Verified, peer: IpAddr
         pigeonhole_store::AccountStatus::Active => "active",
         pigeonhole_store::AccountStatus::Suspended => "suspended",
     };
-    Ok((
+    ok_body(
         status,
-        json!({"account": {"key": account.key.to_hex(), "status": account_status, "createdAt": account.created_at}}),
-    ))
+        &json!({"account": {"key": account.key.to_hex(), "status": account_status, "createdAt": account.created_at}}),
+    )
 }
 
 pub(crate) async fn op_usage(state: &Shared, verified: Verified) -> OpResult {
@@ -507,7 +522,7 @@ pub(crate) async fn op_usage(state: &Shared, verified: Verified) -> OpResult {
     let document = blocking(move || engine.usage(&verified, now)).await?;
     let report = pigeonhole_proto::receipt::UsageReport::from_body(&document.body)
         .map_err(|e| ApiError(RelayError::internal("usage report", &e)))?;
-    Ok((StatusCode::OK, json!({"report": report, "document": BASE64.encode(document.to_bytes())})))
+    ok_body(StatusCode::OK, &json!({"report": report, "document": BASE64.encode(document.to_bytes())}))
 }
 
 async fn record_put(

@@ -38,7 +38,7 @@ use tokio::task::JoinSet;
 use crate::engine::Verified;
 use crate::error::{ErrorCode, RelayError};
 use crate::http::{
-    ApiError, OpResult, Shared, error, fetch_page, implied_path, now_ms, op_inventory, op_record,
+    ApiError, OpResult, Shared, error, fetch_page, implied_path, now_ms, ok_body, op_inventory, op_record,
     op_register, op_usage, op_write,
 };
 
@@ -124,16 +124,34 @@ pub async fn upgrade(
         .on_upgrade(move |socket| connection(state, socket, peer))
 }
 
+/// One answer frame: `{"id": N, "status": S, "body": {...}}`.
+#[derive(serde::Serialize)]
+struct Answer<B> {
+    id: u64,
+    status: u16,
+    body: B,
+}
+
+/// The body of an error answer, as HTTP sends it.
+#[derive(serde::Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    code: &'a str,
+}
+
 fn answer(id: u64, result: OpResult) -> String {
-    let (status, body) = match result {
-        Ok(ok) => ok,
+    let text = match result {
+        Ok((status, body)) => serde_json::to_string(&Answer { id, status: status.as_u16(), body: &*body }),
         Err(ApiError(e)) => {
             metrics::counter!("pigeonhole_rejections_total", "reason" => e.code.as_str()).increment(1);
-            let status = StatusCode::from_u16(e.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            (status, json!({"error": e.message, "code": e.code.as_str()}))
+            let body = ErrorBody { error: &e.message, code: e.code.as_str() };
+            serde_json::to_string(&Answer { id, status: e.code.status(), body })
         }
     };
-    json!({"id": id, "status": status.as_u16(), "body": body}).to_string()
+    // Serializing these plain structs cannot fail (string keys, no maps, no non-finite floats).
+    text.unwrap_or_else(|_| {
+        format!(r#"{{"id":{id},"status":500,"body":{{"error":"answer JSON","code":"internal"}}}}"#)
+    })
 }
 
 async fn connection(state: Shared, socket: WebSocket, peer: SocketAddr) {
@@ -172,7 +190,7 @@ async fn connection(state: Shared, socket: WebSocket, peer: SocketAddr) {
     let key = match tokio::time::timeout(AUTH_TIMEOUT, next_text(&mut stream)).await {
         Ok(Some(text)) => match authenticate(&state, &text) {
             Ok((id, key)) => {
-                out.send(answer(id, Ok((StatusCode::OK, json!({"key": key.to_hex()}))))).await;
+                out.send(answer(id, ok_body(StatusCode::OK, &json!({"key": key.to_hex()})))).await;
                 key
             }
             Err((id, e)) => {
@@ -332,7 +350,7 @@ async fn subscription(state: Shared, verified: Verified, id: u64, out: Out) {
         }
     };
     let subscription = state.notifier.subscribe_outbox(owner, receiver);
-    if !out.send(answer(id, Ok((StatusCode::OK, json!({"subscribed": true, "cursor": cursor}))))).await {
+    if !out.send(answer(id, ok_body(StatusCode::OK, &json!({"subscribed": true, "cursor": cursor})))).await {
         return;
     }
     loop {
