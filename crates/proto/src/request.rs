@@ -523,7 +523,7 @@ enum JsonRequestOut<'a> {
     Postage(&'a IssueRequest),
 }
 
-fn json_string(message: &Message, sig: Option<&Signature>) -> String {
+fn json_out<'a>(message: &'a Message, sig: Option<&'a Signature>) -> JsonOut<'a> {
     let request = match &message.request {
         Request::Write(x) => JsonRequestOut::Write(x),
         Request::Read(x) => JsonRequestOut::Read(x),
@@ -535,7 +535,7 @@ fn json_string(message: &Message, sig: Option<&Signature>) -> String {
         Request::Session(x) => JsonRequestOut::Session(x),
         Request::Postage(x) => JsonRequestOut::Postage(x),
     };
-    let out = JsonOut {
+    JsonOut {
         msg: JsonMsgOut {
             v: REQUEST_VERSION,
             kind: message.request.type_name(),
@@ -545,9 +545,36 @@ fn json_string(message: &Message, sig: Option<&Signature>) -> String {
             request,
             sig,
         },
-    };
+    }
+}
+
+fn json_string(message: &Message, sig: Option<&Signature>) -> String {
     // Plain strings, numbers and options serialize without error.
-    serde_json::to_string(&out).expect("request JSON serializes")
+    serde_json::to_string(&json_out(message, sig)).expect("request JSON serializes")
+}
+
+/// A request's JSON form (`{"msg": {...}}`, with `sig` when `sig` is given) as a value that
+/// serializes in place inside a larger document, byte for byte what
+/// [`Message::to_json`] / [`SignedMessage::to_json`] produce, without building that string
+/// first.
+#[derive(Debug, Clone, Copy)]
+pub struct MessageJson<'a> {
+    message: &'a Message,
+    sig: Option<&'a Signature>,
+}
+
+impl Serialize for MessageJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        json_out(self.message, self.sig).serialize(serializer)
+    }
+}
+
+impl Message {
+    /// The JSON form to serialize in place; `sig` is the request's signature, if it has one
+    /// (it is not checked here).
+    pub fn json<'a>(&'a self, sig: Option<&'a Signature>) -> MessageJson<'a> {
+        MessageJson { message: self, sig }
+    }
 }
 
 #[derive(Deserialize)]
@@ -719,6 +746,19 @@ mod tests {
             let unsigned = signed.message().clone();
             assert_eq!(Message::decode(&unsigned.signing_bytes()), Ok(unsigned.clone()));
             assert_eq!(Message::from_json(&unsigned.to_json()), Ok(unsigned));
+        }
+    }
+
+    #[test]
+    fn in_place_json_is_the_json_form() {
+        for request in all_requests() {
+            let signed = message(request).sign_with_aux(&key(1), &[0; 32]).expect("signs");
+            let inner = signed.message().json(Some(signed.signature()));
+            assert_eq!(serde_json::to_string(&inner).expect("serializes"), signed.to_json());
+            let nested = serde_json::to_string(&[inner]).expect("serializes");
+            assert_eq!(nested, format!("[{}]", signed.to_json()), "compact inside a document too");
+            let unsigned = signed.message();
+            assert_eq!(serde_json::to_string(&unsigned.json(None)).expect("serializes"), unsigned.to_json());
         }
     }
 

@@ -78,16 +78,12 @@ impl Verified {
 
     /// The JSON form `{"msg": {...}}`, with `sig` when there is one.
     pub fn to_json(&self) -> String {
-        match &self.sig {
-            Some(sig) => {
-                // Rebuilding the signed form needs the signature; from_trusted_bytes is exact.
-                let mut bytes = self.message.signing_bytes();
-                bytes.extend_from_slice(&sig.to_bytes());
-                SignedMessage::from_trusted_bytes(&bytes)
-                    .map_or_else(|_| self.message.to_json(), |s| s.to_json())
-            }
-            None => self.message.to_json(),
-        }
+        serde_json::to_string(&self.json()).unwrap_or_else(|_| self.message.to_json())
+    }
+
+    /// The JSON form to serialize in place inside an answer.
+    pub fn json(&self) -> pigeonhole_proto::request::MessageJson<'_> {
+        self.message.json(self.sig.as_ref())
     }
 }
 

@@ -369,7 +369,7 @@ fn meta_json(meta: &RecordMeta) -> Value {
 }
 
 /// A record as reads, listens and long polls serve it: its metadata, then the stored request
-/// as JSON (spliced in as written by the protocol's encoder, never re-parsed).
+/// as JSON (written in place by the protocol's encoder, never re-parsed).
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct RecordOut {
@@ -381,14 +381,21 @@ pub(crate) struct RecordOut {
     pulls: u32,
     max_pulls: u32,
     tag: Option<String>,
-    record: Box<RawValue>,
+    record: StoredJson,
+}
+
+/// A stored request, serialized as its JSON form.
+pub(crate) struct StoredJson(Verified);
+
+impl Serialize for StoredJson {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.json().serialize(serializer)
+    }
 }
 
 fn record_out(record: StoredRecord) -> Result<RecordOut, ApiError> {
     let stored = Verified::from_stored_bytes(&record.bytes)
         .map_err(|e| ApiError(RelayError::internal("a stored record does not decode", &e)))?;
-    let msg = RawValue::from_string(stored.to_json())
-        .map_err(|e| ApiError(RelayError::internal("record JSON", &e)))?;
     let meta = record.meta;
     Ok(RecordOut {
         record_id: meta.record_id,
@@ -399,7 +406,7 @@ fn record_out(record: StoredRecord) -> Result<RecordOut, ApiError> {
         pulls: meta.pulls,
         max_pulls: meta.max_pulls,
         tag: meta.tag.map(|t| t.to_hex()),
-        record: msg,
+        record: StoredJson(stored),
     })
 }
 
