@@ -634,7 +634,6 @@ impl<'a> Change<'a> {
     }
 }
 
-/// Builds the range `prefix ‖ from ..= prefix ‖ u64::MAX` over keys ending in a sequence number.
 /// Counts reads inside one commit exactly as reads one after another would count them: a
 /// record read twice is counted twice, one a read used up is gone for the reads after it, and
 /// every read is logged under its own usage key.
@@ -690,6 +689,7 @@ impl ReadCounter {
     }
 }
 
+/// Builds the range `prefix ‖ from ..= prefix ‖ u64::MAX` over keys ending in a sequence number.
 fn seq_range(prefix: &[u8], from: u64) -> (Vec<u8>, Vec<u8>) {
     let mut start = prefix.to_vec();
     start.extend_from_slice(&from.to_be_bytes());
