@@ -78,6 +78,7 @@ impl Verified {
 
     /// The JSON form `{"msg": {...}}`, with `sig` when there is one.
     pub fn to_json(&self) -> String {
+        // Cannot fail (strings, numbers and options only); the fallback keeps this panic-free.
         serde_json::to_string(&self.json()).unwrap_or_else(|_| self.message.to_json())
     }
 

@@ -86,7 +86,6 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use fjall::config::PinningPolicy;
@@ -229,17 +228,7 @@ impl Keyspaces {
                 .filter_block_pinning_policy(PinningPolicy::all(false))
                 .index_block_pinning_policy(PinningPolicy::all(false))
         };
-        // The index keyspaces (paths, outboxes, receivers, expiries, ...) are keyed owner or
-        // receiver first, so every flushed table spans every writer's range and each merge of
-        // level 0 into level 1 rewrites all of level 1. Merging twice as many tables at a time
-        // halves how often that happens while level 1 is filling: on a 1 M-record store it cut
-        // the compaction threads' CPU per write by about 30 % (see INDEX_L0_THRESHOLD).
-        let indexes = || {
-            options().compaction_strategy(Arc::new(
-                fjall::compaction::Leveled::default().with_l0_threshold(INDEX_L0_THRESHOLD),
-            ))
-        };
-        let open = |name: &str| db.keyspace(name, indexes).map_err(fjall_error);
+        let open = |name: &str| db.keyspace(name, options).map_err(fjall_error);
         // Records and drops carry the sealed envelopes (about a kilobyte and more): kept apart
         // from the keys in blob files, compaction moves small pointers instead of rewriting every
         // envelope at each level, which is what bounds write throughput on a large store.
@@ -701,17 +690,6 @@ impl ReadCounter {
 }
 
 /// Builds the range `prefix ‖ from ..= prefix ‖ u64::MAX` over keys ending in a sequence number.
-/// Level-0 tables merged into level 1 at a time in the index keyspaces (fjall's default is 4,
-/// kept for records and drops, whose tables hold small pointers to blob files and move down
-/// whole). Measured on 1 M-record stores filled by each build, 40 s closed-loop ingest runs
-/// alternated (`ingest --spawn --spawn-data COPY --clients 64 --seconds 40`; four runs at 4 and
-/// 8, two at 12): the compaction threads used 33–42 µs of CPU per write at 4, 26–30 µs at 8 and
-/// 19–20 µs at 12, and the commit thread, whose path lookups check every level-0 table's
-/// filter, 23–27, 23–30 and 28–29 µs. 8 saves most of the compaction work without slowing the
-/// serial commit stage, and stays well below the 20 level-0 tables at which fjall stalls
-/// writes. Like every keyspace option it is fixed when a keyspace is created.
-const INDEX_L0_THRESHOLD: u8 = 8;
-
 fn seq_range(prefix: &[u8], from: u64) -> (Vec<u8>, Vec<u8>) {
     let mut start = prefix.to_vec();
     start.extend_from_slice(&from.to_be_bytes());
