@@ -31,8 +31,8 @@ use serde_json::{Value, json};
 
 use crate::error::{ErrorCode, RelayError};
 use crate::http::{
-    ApiError, OpResult, Shared, admitted_text, blocking, error, now_ms, ok_body, poll_until, read_body,
-    respond,
+    ApiError, ErrorBody, OpResult, Shared, admitted_text, blocking, error, now_ms, ok_body, poll_until,
+    read_body, respond,
 };
 use crate::postage::{DropUpload, Postage};
 
@@ -187,7 +187,8 @@ async fn send(socket: &mut WebSocket, text: String) -> bool {
 }
 
 async fn refuse(mut socket: WebSocket, e: RelayError) {
-    let body = json!({"error": e.message, "code": e.code.as_str()}).to_string();
+    // A plain struct of two strings: serializing it cannot fail.
+    let body = serde_json::to_string(&ErrorBody::of(&e)).unwrap_or_default();
     if send(&mut socket, body).await {
         let close = CloseFrame { code: 1008, reason: e.code.as_str().into() };
         let _ = tokio::time::timeout(WRITE_TIMEOUT, socket.send(WsMessage::Close(Some(close)))).await;

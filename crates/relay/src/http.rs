@@ -120,13 +120,26 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.0.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         metrics::counter!("pigeonhole_rejections_total", "reason" => self.0.code.as_str()).increment(1);
-        let body = json!({"error": self.0.message, "code": self.0.code.as_str()});
-        let mut response = (status, axum::Json(body)).into_response();
+        let mut response = (status, axum::Json(ErrorBody::of(&self.0))).into_response();
         if self.0.code == ErrorCode::RateLimited {
             // A lower bound; the per-address limiter replaces it with its exact wait.
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
+    }
+}
+
+/// The body of every error answer, over HTTP and in WebSocket frames: `{"error", "code"}`.
+#[derive(Serialize)]
+pub(crate) struct ErrorBody<'a> {
+    error: &'a str,
+    code: &'a str,
+}
+
+impl<'a> ErrorBody<'a> {
+    /// The body that answers `error`.
+    pub(crate) fn of(error: &'a RelayError) -> Self {
+        Self { error: &error.message, code: error.code.as_str() }
     }
 }
 

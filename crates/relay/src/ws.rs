@@ -38,8 +38,8 @@ use tokio::task::JoinSet;
 use crate::engine::Verified;
 use crate::error::{ErrorCode, RelayError};
 use crate::http::{
-    ApiError, OpResult, Shared, error, fetch_page, implied_path, now_ms, ok_body, op_inventory, op_record,
-    op_register, op_usage, op_write,
+    ApiError, ErrorBody, OpResult, Shared, error, fetch_page, implied_path, now_ms, ok_body, op_inventory,
+    op_record, op_register, op_usage, op_write,
 };
 
 /// Requests in progress per connection.
@@ -132,20 +132,12 @@ struct Answer<B> {
     body: B,
 }
 
-/// The body of an error answer, as HTTP sends it.
-#[derive(serde::Serialize)]
-struct ErrorBody<'a> {
-    error: &'a str,
-    code: &'a str,
-}
-
 fn answer(id: u64, result: OpResult) -> String {
     let text = match result {
         Ok((status, body)) => serde_json::to_string(&Answer { id, status: status.as_u16(), body: &*body }),
         Err(ApiError(e)) => {
             metrics::counter!("pigeonhole_rejections_total", "reason" => e.code.as_str()).increment(1);
-            let body = ErrorBody { error: &e.message, code: e.code.as_str() };
-            serde_json::to_string(&Answer { id, status: e.code.status(), body })
+            serde_json::to_string(&Answer { id, status: e.code.status(), body: ErrorBody::of(&e) })
         }
     };
     // Serializing these plain structs cannot fail (string keys, no maps, no non-finite floats).
