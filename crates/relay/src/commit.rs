@@ -1,8 +1,10 @@
 //! The group-commit writer. Writes and drops from every connection queue here (a bounded queue: when it
-//! is full new writes get 503, never unbounded memory); one thread takes everything waiting,
-//! commits it to the store in one durable batch, signs one Merkle root over the batch, and
-//! answers each writer with its receipt. A write is acknowledged only after the store has
-//! made it durable.
+//! is full new writes get 503, never unbounded memory); one thread takes everything waiting and
+//! commits it to the store in one durable batch. It then hands the batch's receipt leaves to a
+//! second thread, which signs one Merkle root over them and answers each writer with its
+//! receipt, while the commit thread goes on to the next batch: the commit thread is the relay's
+//! one serial stage, so it does nothing that can run beside it. A write is acknowledged only
+//! after the store has made it durable.
 
 use std::sync::Arc;
 
@@ -58,8 +60,21 @@ impl Committer {
         let waiters = drop_waiters.clone();
         let limits = &engine.config().limits;
         let (capacity, max_batch) = (limits.commit_queue, limits.max_commit_batch);
+        let signer = engine.clone();
+        let receipts = GroupThread::start("pigeonhole-receipts", RECEIPT_QUEUE, 1, move |groups| {
+            for group in groups {
+                answer(&signer, group);
+            }
+        });
         let thread = GroupThread::start("pigeonhole-commit", capacity, max_batch, move |batch| {
-            commit_batch(&engine, &notifier, &waiters, batch);
+            if let Some(committed) = commit_batch(&engine, &notifier, &waiters, batch) {
+                // Waits while the receipt thread is RECEIPT_QUEUE batches behind. The queue
+                // closes only when this closure is dropped, so the fallback never runs; it
+                // answers in place rather than leave writers without their receipts.
+                if let Err(closed) = receipts.queue().blocking_send(committed) {
+                    answer(&engine, closed.0);
+                }
+            }
         });
         Self { thread, drop_waiters }
     }
@@ -100,6 +115,10 @@ impl Committer {
     }
 }
 
+/// Committed batches waiting for their receipts: a few, so that signing keeps pace with
+/// committing and a slow signer holds the commit thread back instead of growing a queue.
+const RECEIPT_QUEUE: usize = 4;
+
 type WriteReply = oneshot::Sender<Result<WriteOutcome, RelayError>>;
 type DropReply = oneshot::Sender<Result<DropCommitted, RelayError>>;
 
@@ -108,9 +127,21 @@ enum Pending {
     Drop { seq: u64, reply: DropReply },
 }
 
+/// A durable batch whose writers wait for their receipts.
+struct Committed {
+    group: CommitGroup,
+    pending: Vec<Pending>,
+}
+
 /// Commits one batch: the writes in one durable store batch, the drops (with their spent
-/// stamps) in another, then one signature over a Merkle tree of everything stored.
-fn commit_batch(engine: &Engine, notifier: &Notifier, waiters: &DropWaiters, batch: Vec<Job>) {
+/// stamps) in another. Writers refused or failed are answered here; the rest are returned
+/// with the receipt leaves of what they stored, for [`answer`] (`None` when there are none).
+fn commit_batch(
+    engine: &Engine,
+    notifier: &Notifier,
+    waiters: &DropWaiters,
+    batch: Vec<Job>,
+) -> Option<Committed> {
     let started = std::time::Instant::now();
     let mut records = Vec::new();
     let mut write_replies = Vec::new();
@@ -229,9 +260,11 @@ fn commit_batch(engine: &Engine, notifier: &Notifier, waiters: &DropWaiters, bat
     }
     metrics::histogram!("pigeonhole_commit_seconds").record(started.elapsed().as_secs_f64());
     metrics::histogram!("pigeonhole_commit_batch_size").record((records.len() + drops.len()) as f64);
-    if pending.is_empty() {
-        return;
-    }
+    (!pending.is_empty()).then_some(Committed { group, pending })
+}
+
+/// Signs one Merkle root over a committed batch and answers each writer with its receipt.
+fn answer(engine: &Engine, Committed { group, pending }: Committed) {
     match group.sign_all_with_aux(engine.signing_key(), now_ms(), &random_aux()) {
         Ok(receipts) => {
             for (pending, receipt) in pending.into_iter().zip(receipts) {
