@@ -56,9 +56,27 @@ impl Deliveries {
 
     /// Serves one page, grouped with whatever other pages are waiting.
     pub async fn deliver(&self, page: Delivery) -> Result<Page, RelayError> {
+        self.submit(page).await?.wait().await
+    }
+
+    /// Queues one page and returns at once (once it is queued): the page is read while the
+    /// caller does other work, such as sending the page before it. Dropping the
+    /// [`PendingPage`] before the delivery thread reaches it cancels the read; dropped after,
+    /// the records stay counted, as a read whose answer was lost.
+    pub async fn submit(&self, page: Delivery) -> Result<PendingPage, RelayError> {
         let (reply, answer) = oneshot::channel();
         self.thread.queue().send(Job { page, reply }).await.map_err(|_| stopping())?;
-        answer.await.map_err(|_| stopping())?
+        Ok(PendingPage(answer))
+    }
+}
+
+/// A page queued by [`Deliveries::submit`].
+pub struct PendingPage(oneshot::Receiver<Result<Page, RelayError>>);
+
+impl PendingPage {
+    /// Waits for the page.
+    pub async fn wait(self) -> Result<Page, RelayError> {
+        self.0.await.map_err(|_| stopping())?
     }
 }
 

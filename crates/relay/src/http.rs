@@ -675,11 +675,38 @@ pub(crate) async fn fetch_page(
     cursor: u64,
     limit: usize,
 ) -> Result<(Vec<RecordOut>, u64), ApiError> {
-    let size = PageSize { records: limit, bytes: PAGE_BYTES };
-    let (records, next) =
-        state.deliveries.deliver(Delivery { reader, owner, receiver, after_seq: cursor, size }).await?;
-    let list = records.into_iter().map(record_out).collect::<Result<Vec<_>, _>>()?;
-    Ok((list, next))
+    let (records, next) = state.deliveries.deliver(page_of(reader, owner, receiver, cursor, limit)).await?;
+    Ok((records_out(records)?, next))
+}
+
+/// The page of an outbox after `cursor` that a listen of `reader` asks for, at most `limit`
+/// records and [`PAGE_BYTES`] of them.
+pub(crate) fn page_of(
+    reader: PublicKey,
+    owner: PublicKey,
+    receiver: PublicKey,
+    cursor: u64,
+    limit: usize,
+) -> Delivery {
+    Delivery {
+        reader,
+        owner,
+        receiver,
+        after_seq: cursor,
+        size: PageSize { records: limit, bytes: PAGE_BYTES },
+    }
+}
+
+/// Whether a page of at most `limit` records was probably cut short by its bounds, so that
+/// more records are likely waiting after it: it is full, or holds at least half of
+/// [`PAGE_BYTES`] (the next record may not have fitted). A wrong guess costs one empty read.
+pub(crate) fn page_looks_full(records: &[StoredRecord], limit: usize) -> bool {
+    records.len() >= limit || records.iter().map(|r| r.bytes.len()).sum::<usize>() >= PAGE_BYTES / 2
+}
+
+/// Records as listens serve them.
+pub(crate) fn records_out(records: Vec<StoredRecord>) -> Result<Vec<RecordOut>, ApiError> {
+    records.into_iter().map(record_out).collect()
 }
 
 async fn register(

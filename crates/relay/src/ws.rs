@@ -35,11 +35,12 @@ use serde_json::value::RawValue;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 
+use crate::deliveries::PendingPage;
 use crate::engine::Verified;
 use crate::error::{ErrorCode, RelayError};
 use crate::http::{
-    ApiError, ErrorBody, OpResult, Shared, error, fetch_page, implied_path, now_ms, ok_body, op_inventory,
-    op_record, op_register, op_usage, op_write,
+    ApiError, ErrorBody, OpResult, Shared, error, implied_path, now_ms, ok_body, op_inventory, op_record,
+    op_register, op_usage, op_write, page_looks_full, page_of, records_out,
 };
 
 /// Requests in progress per connection.
@@ -345,18 +346,46 @@ async fn subscription(state: Shared, verified: Verified, id: u64, out: Out) {
     if !out.send(answer(id, ok_body(StatusCode::OK, &json!({"subscribed": true, "cursor": cursor})))).await {
         return;
     }
+    let page = |after| page_of(reader, owner, receiver, after, PUSH_RECORDS);
+    // The next page, queued while this one is rendered and sent (a backlog streams with the
+    // delivery thread reading one page while a tokio thread renders the one before).
+    let mut queued: Option<PendingPage> = None;
     loop {
         let notified = subscription.notify().notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let (records, next) = match fetch_page(&state, reader, owner, receiver, cursor, PUSH_RECORDS).await {
+        let (fetched, prefetched) = match queued.take() {
+            Some(pending) => (pending.wait().await, true),
+            None => (state.deliveries.deliver(page(cursor)).await, false),
+        };
+        let (records, next) = match fetched {
             Ok(page) => page,
-            Err(ApiError(e)) => {
+            Err(e) => {
                 out.send(answer(id, Err(ApiError(e)))).await;
                 return;
             }
         };
+        if records.is_empty() && prefetched {
+            // Queued before `notified` was armed: a commit since could be missed. Read again.
+            continue;
+        }
+        if page_looks_full(&records, PUSH_RECORDS) {
+            match state.deliveries.submit(page(next)).await {
+                Ok(pending) => queued = Some(pending),
+                Err(e) => {
+                    out.send(answer(id, Err(ApiError(e)))).await;
+                    return;
+                }
+            }
+        }
         if !records.is_empty() {
+            let records = match records_out(records) {
+                Ok(records) => records,
+                Err(e) => {
+                    out.send(answer(id, Err(e))).await;
+                    return;
+                }
+            };
             let push = match serde_json::to_string(&Push { sub: id, records: &records, cursor: next }) {
                 Ok(push) => push,
                 Err(e) => {

@@ -178,6 +178,97 @@ async fn websocket_pipelined_writes_and_listen_pushes() {
     relay.stop().await;
 }
 
+/// Alice's usage report: the reads of her outboxes, as JSON.
+async fn usage_reads(relay: &TestRelay, alice: &SecretKey) -> Vec<Value> {
+    let usage = signed_json(
+        alice,
+        relay.key,
+        Request::Usage(pigeonhole_proto::request::Usage { after_ts: None, before_ts: None }),
+    );
+    let report: Value = reqwest::Client::new()
+        .post(format!("{}/v1/usage", relay.url))
+        .body(usage)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    report["report"]["reads"].as_array().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_of_many_pages_streams_once_and_the_listen_then_follows_new_writes() {
+    // More than four full pushes (512 records each) waiting before the listen: the relay reads
+    // the next page while it sends the one before, and must still push every record once, in
+    // order, count each read once, and then wake for a write made after the backlog.
+    let relay = TestRelay::start().await;
+    let (alice, bob) = (person(1), person(2));
+    register(&relay, &alice).await;
+    let mut writer = open_ws(&relay, &alice).await;
+    const N: u64 = 2100;
+    for batch in (1..=N).collect::<Vec<_>>().chunks(100) {
+        for &i in batch {
+            let frame =
+                inner(&msg(&alice, bob.public_key(), write_request(&format!("b{i}"), "hi")).to_json());
+            writer.send(WsMessage::Text(json!({"id": i, "msg": frame}).to_string().into())).await.unwrap();
+        }
+        for _ in batch {
+            let reply = next_json(&mut writer).await;
+            assert_eq!(reply["status"], 201, "{reply}");
+        }
+    }
+    let mut listener = open_ws(&relay, &bob).await;
+    let listen = inner(
+        &msg(
+            &bob,
+            relay.key,
+            Request::Listen(Listen {
+                owner: alice.public_key(),
+                receiver: bob.public_key(),
+                after_ts: None,
+                after_seq: Some(0),
+            }),
+        )
+        .to_json(),
+    );
+    listener.send(WsMessage::Text(json!({"id": 3, "msg": listen}).to_string().into())).await.unwrap();
+    assert_eq!(next_json(&mut listener).await["body"]["subscribed"], true);
+    let mut seen = Vec::new();
+    let mut pushes = 0;
+    while seen.len() < N as usize {
+        let push = next_json(&mut listener).await;
+        assert_eq!(push["sub"], 3, "{push}");
+        let records = push["records"].as_array().unwrap();
+        assert!(records.len() <= pigeonhole_relay::ws::PUSH_RECORDS, "{} records in a push", records.len());
+        assert_eq!(push["cursor"], records.last().unwrap()["seq"], "the cursor is the page's last seq");
+        seen.extend(records.iter().map(|r| r["seq"].as_u64().unwrap()));
+        pushes += 1;
+    }
+    assert_eq!(seen, (1..=N).collect::<Vec<_>>(), "every record once, in order");
+    assert!(pushes >= 5, "{pushes} pushes");
+    // Each delivery was one read, logged once (the counts of listen pages reach the log
+    // without waiting for an fsync: give them a moment).
+    let mut reads = Vec::new();
+    for _ in 0..50 {
+        reads = usage_reads(&relay, &alice).await;
+        if reads.len() >= N as usize {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(reads.len(), N as usize, "one usage entry per delivered record");
+
+    // The backlog is drained: a new write is pushed as it is committed.
+    let frame = inner(&msg(&alice, bob.public_key(), write_request("after", "later")).to_json());
+    writer.send(WsMessage::Text(json!({"id": N + 1, "msg": frame}).to_string().into())).await.unwrap();
+    assert_eq!(next_json(&mut writer).await["status"], 201);
+    let push = next_json(&mut listener).await;
+    assert_eq!(push["records"][0]["seq"], N + 1, "{push}");
+    assert_eq!(push["records"][0]["recordId"], "after");
+    relay.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_refuses_a_bad_session_answer() {
     let relay = TestRelay::start().await;
