@@ -634,6 +634,83 @@ impl<'a> Change<'a> {
     }
 }
 
+/// Point lookups a walk makes before it switches to an iterator over `records`.
+const LOOKUPS_FIRST: usize = 8;
+/// Entries of other records an iterating walk may skip per record it loads (plus
+/// [`SKIPS_SLACK`]) before it goes back to point lookups.
+const SKIPS_PER_RECORD: usize = 4;
+const SKIPS_SLACK: usize = 64;
+
+/// Loads the records of one walk of an index (an outbox, a receiver, a tag), in increasing
+/// sequence order, from a snapshot.
+///
+/// A point lookup searches the memtables and every level of `records` again for each record.
+/// A walk that goes on past its first [`LOOKUPS_FIRST`] records instead keeps one iterator
+/// over `records` from the next sequence number and steps it forward: the records in between
+/// (other outboxes' records) are stepped over on their keys alone, without loading their
+/// envelopes. Where the walk's records are sparse in `records` (one outbox among many busy
+/// ones), stepping would cost more than searching: past a budget of skipped entries the walk
+/// goes back to point lookups.
+struct RecordLoader<'a> {
+    snap: &'a Snapshot,
+    records: &'a Keyspace,
+    /// Where the records come from: the index walked, for error messages.
+    index: &'static str,
+    loaded: usize,
+    iterated: usize,
+    skipped: usize,
+    iter: Option<fjall::Iter>,
+    sparse: bool,
+}
+
+impl<'a> RecordLoader<'a> {
+    fn new(store: &'a FjallStore, snap: &'a Snapshot, index: &'static str) -> Self {
+        Self {
+            snap,
+            records: &store.ks.records,
+            index,
+            loaded: 0,
+            iterated: 0,
+            skipped: 0,
+            iter: None,
+            sparse: false,
+        }
+    }
+
+    /// The stored value of record `seq`, which must be above every seq loaded before (an
+    /// index entry without its record is corruption).
+    fn load(&mut self, seq: u64) -> Result<fjall::Slice, StoreError> {
+        self.loaded += 1;
+        let want = seq_key(seq);
+        if self.loaded > LOOKUPS_FIRST && !self.sparse {
+            let (snap, records) = (self.snap, self.records);
+            let iter = self.iter.get_or_insert_with(|| snap.range(records, want.to_vec()..));
+            self.iterated += 1;
+            loop {
+                let Some(guard) = iter.next() else { return Err(self.missing(seq)) };
+                let (key, value) = guard.into_inner_if(|key| key.as_ref() == want).map_err(fjall_error)?;
+                match (key.as_ref().cmp(&want[..]), value) {
+                    (std::cmp::Ordering::Equal, Some(value)) => return Ok(value),
+                    (std::cmp::Ordering::Less, _) => {
+                        self.skipped += 1;
+                        if self.skipped > SKIPS_PER_RECORD * self.iterated + SKIPS_SLACK {
+                            self.sparse = true;
+                            self.iter = None;
+                            break;
+                        }
+                    }
+                    _ => return Err(self.missing(seq)),
+                }
+            }
+        }
+        self.snap.get(self.records, want).map_err(fjall_error)?.ok_or_else(|| self.missing(seq))
+    }
+
+    fn missing(&self, seq: u64) -> StoreError {
+        corrupted(self.index, format_args!("entry for seq {seq} has no record"))
+    }
+}
+
 /// Counts reads inside one commit exactly as reads one after another would count them: a
 /// record read twice is counted twice, one a read used up is gone for the reads after it, and
 /// every read is logged under its own usage key.
@@ -985,13 +1062,11 @@ impl FjallStore {
             return Ok(out);
         }
         let (name, keyspace) = index;
+        let mut records = RecordLoader::new(self, snap, name);
         for guard in snap.range(keyspace, start..=end) {
             let key = guard.key().map_err(fjall_error)?;
             let seq = seq_suffix(&key, name)?;
-            let value = snap
-                .get(&self.ks.records, seq_key(seq))
-                .map_err(fjall_error)?
-                .ok_or_else(|| corrupted(name, format_args!("entry for seq {seq} has no record")))?;
+            let value = records.load(seq)?;
             let (meta, bytes) = decode_record(&value)?;
             if !belongs(&meta) {
                 return Err(corrupted(name, format_args!("entry for seq {seq} names another record")));
@@ -1515,16 +1590,15 @@ impl Store for FjallStore {
             };
             let mut total = 0usize;
             let (start, end) = seq_range(&outbox_prefix(&page.owner, &page.receiver), from);
-            for guard in change.snap.range(&self.ks.outbox, start..=end) {
+            let snap = change.snap.clone();
+            let mut records = RecordLoader::new(self, &snap, "outbox");
+            for guard in snap.range(&self.ks.outbox, start..=end) {
                 let key = guard.key().map_err(fjall_error)?;
                 let seq = seq_suffix(&key, "outbox")?;
                 if counter.removed.contains(&seq) {
                     continue;
                 }
-                let value =
-                    change.snap.get(&self.ks.records, seq_key(seq)).map_err(fjall_error)?.ok_or_else(
-                        || corrupted("outbox", format_args!("entry for seq {seq} has no record")),
-                    )?;
+                let value = records.load(seq)?;
                 let (meta, bytes) = decode_record(&value)?;
                 if meta.owner != page.owner || meta.receiver != page.receiver {
                     return Err(corrupted(
@@ -2220,6 +2294,114 @@ mod tests {
                 store.get(&r.owner, &r.receiver, &r.record_id, 0).expect("get").expect("present").bytes,
                 r.bytes
             );
+        }
+    }
+
+    /// Three outboxes interleaved in sequence order: A has every other record (dense), B every
+    /// 150th (sparse), C the rest; part of them flushed to tables, part in the memtable, three
+    /// of A's deleted. Returns the store and each outbox's (seq, bytes) in order.
+    #[allow(clippy::type_complexity)]
+    fn interleaved_outboxes()
+    -> (FjallStore, [(PublicKey, PublicKey); 3], HashMap<PublicKey, Vec<(u64, Vec<u8>)>>) {
+        let store = FjallStore::temporary().expect("store");
+        let outboxes = [(key(1), key(101)), (key(2), key(102)), (key(3), key(103))];
+        let [a, b, c] = outboxes;
+        let mut expected: HashMap<PublicKey, Vec<(u64, Vec<u8>)>> = HashMap::new();
+        let mut seq = 0u64;
+        for chunk in 0..6u64 {
+            let batch: Vec<NewRecord> = (0..500u64)
+                .map(|i| {
+                    let n = chunk * 500 + i;
+                    let (owner, receiver) = if n % 150 == 7 {
+                        b
+                    } else if n % 2 == 0 {
+                        a
+                    } else {
+                        c
+                    };
+                    NewRecord {
+                        owner,
+                        receiver,
+                        record_id: format!("w{n}"),
+                        tag: None,
+                        stored_at: 1,
+                        expires_at: u64::MAX,
+                        max_pulls: 0,
+                        record_hash: [n as u8; 32],
+                        bytes: n.to_be_bytes().repeat(4),
+                    }
+                })
+                .collect();
+            store.put_batch(&batch).expect("put");
+            for r in batch {
+                seq += 1;
+                expected.entry(r.owner).or_default().push((seq, r.bytes));
+            }
+            if chunk % 2 == 0 {
+                store.ks.records.rotate_memtable_and_wait().expect("flush");
+            }
+        }
+        for gone in [100u64, 102, 2000] {
+            assert!(store.delete(&a.0, &a.1, &format!("w{gone}")).expect("delete"));
+            expected.get_mut(&a.0).expect("a").retain(|(_, bytes)| *bytes != gone.to_be_bytes().repeat(4));
+        }
+        (store, outboxes, expected)
+    }
+
+    #[test]
+    fn walks_step_over_dense_records_and_look_up_sparse_ones() {
+        let (store, outboxes, expected) = interleaved_outboxes();
+        for (owner, receiver) in outboxes {
+            let want = &expected[&owner];
+            // From the start, and from a cursor in the middle.
+            for after in [0, want[want.len() / 2].0] {
+                let want: Vec<_> = want.iter().filter(|(seq, _)| *seq > after).cloned().collect();
+                let got = store.fetch_after(&owner, &receiver, after, 10_000, 0).expect("fetch");
+                let got: Vec<_> = got.into_iter().map(|r| (r.meta.seq, r.bytes)).collect();
+                assert_eq!(got, want, "fetch_after of outbox {} after {after}", owner.to_hex());
+                let page =
+                    PageRead { owner, receiver, after_seq: after, limit: 10_000, max_bytes: usize::MAX };
+                let read = store.read_after_many(&[page], 0).expect("read").pop().expect("one page");
+                let read: Vec<_> = read.into_iter().map(|(r, _)| (r.meta.seq, r.bytes)).collect();
+                assert_eq!(read, want, "read_after_many of outbox {} after {after}", owner.to_hex());
+            }
+        }
+        // Which way each walk went: the dense outbox stepped all the way, the sparse one ran out
+        // of skips and went back to lookups.
+        let snap = store.db.snapshot();
+        for (owner, sparse) in [(key(1), false), (key(2), true)] {
+            let mut loader = RecordLoader::new(&store, &snap, "outbox");
+            for (seq, bytes) in &expected[&owner] {
+                let value = loader.load(*seq).expect("load");
+                assert_eq!(decode_record(&value).expect("decode").1, &bytes[..]);
+            }
+            assert_eq!(loader.sparse, sparse, "outbox {}", owner.to_hex());
+            assert!(loader.iterated > 0);
+        }
+    }
+
+    #[test]
+    fn a_walk_finds_a_missing_record_whether_it_looks_up_or_steps() {
+        // An outbox entry whose record is gone is corruption.
+        let (owner, receiver) = (key(1), key(100));
+        let seqs: Vec<u64> = {
+            let store = FjallStore::temporary().expect("store");
+            fill(&store, 1, 60, 10);
+            store
+                .fetch_after(&owner, &receiver, 0, 100, 0)
+                .expect("fetch")
+                .iter()
+                .map(|r| r.meta.seq)
+                .collect()
+        };
+        assert_eq!(seqs.len(), 20);
+        // The 4th record is looked up, the 16th stepped to, the last past the iterator's end.
+        for victim in [seqs[3], seqs[15], seqs[19]] {
+            let store = FjallStore::temporary().expect("store");
+            fill(&store, 1, 60, 10);
+            store.ks.records.remove(seq_key(victim)).expect("remove");
+            let err = store.fetch_after(&owner, &receiver, 0, 100, 0).expect_err("missing record");
+            assert!(matches!(&err, StoreError::Corrupted(m) if m.contains("has no record")), "{err:?}");
         }
     }
 
