@@ -10,10 +10,9 @@
 
 use std::sync::Arc;
 
-use pigeonhole_store::StoredRecord;
 use tokio::sync::oneshot;
 
-use crate::engine::{Delivery, Engine};
+use crate::engine::{DeliveredPage, Delivery, Engine};
 use crate::error::{ErrorCode, RelayError};
 use crate::http::now_ms;
 use crate::worker::GroupThread;
@@ -27,12 +26,9 @@ pub const MAX_DELIVERY_GROUP: usize = 64;
 // records: no listener's page comes back cut short by the others in its group.
 const _: () = assert!(MAX_DELIVERY_GROUP * crate::ws::PUSH_RECORDS <= pigeonhole_store::MAX_READ_BATCH);
 
-/// A page: its records and the cursor after them.
-pub type Page = (Vec<StoredRecord>, u64);
-
 struct Job {
     page: Delivery,
-    reply: oneshot::Sender<Result<Page, RelayError>>,
+    reply: oneshot::Sender<Result<DeliveredPage, RelayError>>,
 }
 
 /// Handle to the delivery thread.
@@ -55,7 +51,7 @@ impl Deliveries {
     }
 
     /// Serves one page, grouped with whatever other pages are waiting.
-    pub async fn deliver(&self, page: Delivery) -> Result<Page, RelayError> {
+    pub async fn deliver(&self, page: Delivery) -> Result<DeliveredPage, RelayError> {
         self.submit(page).await?.wait().await
     }
 
@@ -71,11 +67,11 @@ impl Deliveries {
 }
 
 /// A page queued by [`Deliveries::submit`].
-pub struct PendingPage(oneshot::Receiver<Result<Page, RelayError>>);
+pub struct PendingPage(oneshot::Receiver<Result<DeliveredPage, RelayError>>);
 
 impl PendingPage {
     /// Waits for the page.
-    pub async fn wait(self) -> Result<Page, RelayError> {
+    pub async fn wait(self) -> Result<DeliveredPage, RelayError> {
         self.0.await.map_err(|_| stopping())?
     }
 }
@@ -164,7 +160,8 @@ mod tests {
         let mut served = std::collections::HashMap::<u8, usize>::new();
         while let Some(done) = tasks.join_next().await {
             let (reader, receiver, answer) = done.expect("task");
-            let (records, cursor) = answer.expect("page");
+            let DeliveredPage { records, cursor, more } = answer.expect("page");
+            assert!(!more, "every page holds its whole outbox");
             assert!(records.iter().all(|r| r.meta.receiver == key(receiver) && r.meta.owner == key(1)));
             assert_eq!(cursor, records.last().map_or(0, |r| r.meta.seq));
             if reader == receiver {

@@ -15,8 +15,8 @@ use pigeonhole_proto::keys::{PublicKey, SecretKey};
 use pigeonhole_proto::receipt::{RelayDocument, RelayInfo, UsageEntry, UsageReport};
 use pigeonhole_proto::request::{Inventory, Listen, Message, Request, SignedMessage};
 use pigeonhole_store::{
-    Account, AccountStatus, ListQuery, NewRecord, PageRead, ReadOutcome, RecordMeta, Store, StoreError,
-    StoredRecord,
+    Account, AccountStatus, ListQuery, NewRecord, PageRead, ReadOutcome, RecordMeta, ServedPage, Store,
+    StoreError, StoredRecord,
 };
 
 use crate::config::{AccountPolicy, RelayConfig};
@@ -110,6 +110,18 @@ pub struct Delivery {
     pub after_seq: u64,
     /// How much the page may hold.
     pub size: PageSize,
+}
+
+/// A page delivered to a listener: see [`Engine::deliver_many`].
+#[derive(Debug, Clone, Default)]
+pub struct DeliveredPage {
+    /// The records, oldest first.
+    pub records: Vec<StoredRecord>,
+    /// The cursor after them: the last record's seq, or the page's `after_seq` if it is empty.
+    pub cursor: u64,
+    /// Whether the page stopped at one of its bounds, so more records may follow `cursor`
+    /// (`false`: every record committed when the page was read is on it or before it).
+    pub more: bool,
 }
 
 /// What a client gets back for a read.
@@ -594,24 +606,21 @@ impl Engine {
         Ok((*owner, *receiver, start))
     }
 
-    /// Delivers a page to each listener, answered in order: its records and the cursor after
-    /// them. Deliveries to the receiver are reads: they are counted against each record's
+    /// Delivers a page to each listener, answered in order: its records, the cursor after
+    /// them, and whether more may follow. Deliveries to the receiver are reads: they are counted against each record's
     /// pull limit and logged for usage reports, all of them in one commit
     /// ([`Store::read_after_many`]; the owner watching its own outbox is not a read). After
     /// the first record, a page holds at most `size.bytes` of record bytes.
-    pub fn deliver_many(
-        &self,
-        pages: &[Delivery],
-        now: u64,
-    ) -> Vec<Result<(Vec<StoredRecord>, u64), RelayError>> {
+    pub fn deliver_many(&self, pages: &[Delivery], now: u64) -> Vec<Result<DeliveredPage, RelayError>> {
         let limit = |page: &Delivery| page.size.records.min(self.config.limits.max_inventory as usize);
         // The owner watching its own outbox reads nothing, and a full disk must not stop
         // serving: both get the page uncounted.
-        let uncounted = |page: &Delivery| -> Result<(Vec<StoredRecord>, u64), RelayError> {
-            let records =
-                self.store.fetch_after(&page.owner, &page.receiver, page.after_seq, limit(page), now)?;
+        let uncounted = |page: &Delivery| -> Result<DeliveredPage, RelayError> {
+            let limit = limit(page);
+            let records = self.store.fetch_after(&page.owner, &page.receiver, page.after_seq, limit, now)?;
             let cursor = records.last().map_or(page.after_seq, |r| r.meta.seq);
-            Ok((records, cursor))
+            let more = limit > 0 && records.len() >= limit;
+            Ok(DeliveredPage { records, cursor, more })
         };
         let counted: Vec<PageRead> = pages
             .iter()
@@ -638,7 +647,7 @@ impl Engine {
                 if page.reader != page.receiver {
                     return uncounted(page);
                 }
-                let records = match &mut served {
+                let ServedPage { records, more } = match &mut served {
                     Ok(pages) => pages.next().unwrap_or_default(),
                     Err(None) => return uncounted(page),
                     Err(Some(e)) => return Err(e.clone()),
@@ -653,7 +662,7 @@ impl Engine {
                         record
                     })
                     .collect();
-                Ok((records, cursor))
+                Ok(DeliveredPage { records, cursor, more })
             })
             .collect()
     }

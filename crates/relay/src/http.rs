@@ -675,8 +675,8 @@ pub(crate) async fn fetch_page(
     cursor: u64,
     limit: usize,
 ) -> Result<(Vec<RecordOut>, u64), ApiError> {
-    let (records, next) = state.deliveries.deliver(page_of(reader, owner, receiver, cursor, limit)).await?;
-    Ok((records_out(records)?, next))
+    let page = state.deliveries.deliver(page_of(reader, owner, receiver, cursor, limit)).await?;
+    Ok((records_out(page.records)?, page.cursor))
 }
 
 /// The page of an outbox after `cursor` that a listen of `reader` asks for, at most `limit`
@@ -695,13 +695,6 @@ pub(crate) fn page_of(
         after_seq: cursor,
         size: PageSize { records: limit, bytes: PAGE_BYTES },
     }
-}
-
-/// Whether a page of at most `limit` records was probably cut short by its bounds, so that
-/// more records are likely waiting after it: it is full, or holds at least half of
-/// [`PAGE_BYTES`] (the next record may not have fitted). A wrong guess costs one empty read.
-pub(crate) fn page_looks_full(records: &[StoredRecord], limit: usize) -> bool {
-    records.len() >= limit || records.iter().map(|r| r.bytes.len()).sum::<usize>() >= PAGE_BYTES / 2
 }
 
 /// Records as listens serve them.

@@ -36,11 +36,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 
 use crate::deliveries::PendingPage;
-use crate::engine::Verified;
+use crate::engine::{DeliveredPage, Verified};
 use crate::error::{ErrorCode, RelayError};
 use crate::http::{
     ApiError, ErrorBody, OpResult, Shared, error, implied_path, now_ms, ok_body, op_inventory, op_record,
-    op_register, op_usage, op_write, page_looks_full, page_of, records_out,
+    op_register, op_usage, op_write, page_of, records_out,
 };
 
 /// Requests in progress per connection.
@@ -358,18 +358,14 @@ async fn subscription(state: Shared, verified: Verified, id: u64, out: Out) {
             Some(pending) => (pending.wait().await, true),
             None => (state.deliveries.deliver(page(cursor)).await, false),
         };
-        let (records, next) = match fetched {
+        let DeliveredPage { records, cursor: next, more } = match fetched {
             Ok(page) => page,
             Err(e) => {
                 out.send(answer(id, Err(ApiError(e)))).await;
                 return;
             }
         };
-        if records.is_empty() && prefetched {
-            // Queued before `notified` was armed: a commit since could be missed. Read again.
-            continue;
-        }
-        if page_looks_full(&records, PUSH_RECORDS) {
+        if more {
             match state.deliveries.submit(page(next)).await {
                 Ok(pending) => queued = Some(pending),
                 Err(e) => {
@@ -404,7 +400,11 @@ async fn subscription(state: Shared, verified: Verified, id: u64, out: Out) {
                 }
                 Err(false) => return,
             }
-            // A page cut by its byte bound may leave more: fetch again before waiting.
+        }
+        // Wait for a commit only after a page that reached the end of the outbox and was read
+        // after `notified` was armed: the queued next page of a cut one is taken at once, and
+        // a page queued before the arming may have missed a commit's wake-up (read again).
+        if more || prefetched {
             continue;
         }
         tokio::select! {

@@ -38,7 +38,7 @@ use pigeonhole_proto::tag::{Prefix, TAG_LEN, Tag};
 
 use crate::{
     Account, AccountStatus, DROP_BUCKET_BITS, DropOutcome, ListQuery, NewDrop, NewRecord, PageRead,
-    PutOutcome, ReadOutcome, RecordMeta, Store, StoredDrop, StoredRecord, Usage, drop_bucket,
+    PutOutcome, ReadOutcome, RecordMeta, ServedPage, Store, StoredDrop, StoredRecord, Usage, drop_bucket,
 };
 
 /// One case of the suite: a name and a check run against a fresh store.
@@ -772,15 +772,21 @@ fn read_after_many_counts_pages_as_one_after_another<S: Store>(s: &S) {
         limit,
         max_bytes: 1 << 20,
     };
-    let summary = |pages: Vec<Vec<(StoredRecord, bool)>>| -> Vec<Vec<(String, u32, bool)>> {
+    type Summary = Vec<(Vec<(String, u32, bool)>, bool)>;
+    let summary = |pages: Vec<ServedPage>| -> Summary {
         pages
             .into_iter()
             .map(|p| {
-                p.into_iter().map(|(r, exhausted)| (r.meta.record_id, r.meta.pulls, exhausted)).collect()
+                let records = p
+                    .records
+                    .into_iter()
+                    .map(|(r, exhausted)| (r.meta.record_id, r.meta.pulls, exhausted))
+                    .collect();
+                (records, p.more)
             })
             .collect()
     };
-    assert_eq!(s.read_after_many(&[], 10).expect("no pages"), Vec::<Vec<(StoredRecord, bool)>>::new());
+    assert_eq!(s.read_after_many(&[], 10).expect("no pages"), Vec::<ServedPage>::new());
     put_one(s, with(rec(alice(), bob(), "twice"), |r| r.max_pulls = 2));
     let b = put_one(s, rec(alice(), bob(), "b"));
     put_one(s, rec(carol(), bob(), "from-carol"));
@@ -796,15 +802,16 @@ fn read_after_many_counts_pages_as_one_after_another<S: Store>(s: &S) {
         page(alice(), bob(), 0, 10),
         page(alice(), bob(), b, 10),
     ];
+    // `more` is set only on the page its limit cut short.
     assert_eq!(
         summary(s.read_after_many(&pages, 20).expect("read_after_many")),
         vec![
-            vec![("twice".to_owned(), 1, false), ("b".to_owned(), 1, false)],
-            vec![("from-carol".to_owned(), 1, false)],
-            vec![("twice".to_owned(), 2, true)],
-            vec![],
-            vec![("b".to_owned(), 2, false)],
-            vec![],
+            (vec![("twice".to_owned(), 1, false), ("b".to_owned(), 1, false)], false),
+            (vec![("from-carol".to_owned(), 1, false)], false),
+            (vec![("twice".to_owned(), 2, true)], true),
+            (vec![], false),
+            (vec![("b".to_owned(), 2, false)], false),
+            (vec![], false),
         ]
     );
     // The used-up record left the store once, and its bytes left the totals once.
@@ -817,7 +824,15 @@ fn read_after_many_counts_pages_as_one_after_another<S: Store>(s: &S) {
     assert_eq!(s.usage(&carol(), None, None, 100).expect("usage").len(), 1);
     assert_eq!(
         summary(s.read_after_many(&[page(alice(), bob(), 0, 10)], 21).expect("again")),
-        vec![vec![("b".to_owned(), 3, false)]]
+        vec![(vec![("b".to_owned(), 3, false)], false)]
+    );
+    // A page its byte bound cut short says so too; the next one, which ends with the outbox,
+    // does not.
+    put_one(s, rec(alice(), bob(), "c"));
+    let small = PageRead { max_bytes: 1, ..page(alice(), bob(), 0, 10) };
+    assert_eq!(
+        summary(s.read_after_many(&[small, page(alice(), bob(), b, 10)], 22).expect("cut by bytes")),
+        vec![(vec![("b".to_owned(), 4, false)], true), (vec![("c".to_owned(), 1, false)], false)]
     );
 }
 

@@ -107,8 +107,8 @@ use crate::codec::{
 };
 use crate::{
     Account, DropOutcome, KeyspaceStats, ListQuery, MAX_READ_BATCH, NewDrop, NewRecord, PageRead, PutOutcome,
-    ReadKey, ReadOutcome, RecordMeta, Store, StoreError, StoredDrop, StoredRecord, Usage, UsageRow,
-    drop_bucket,
+    ReadKey, ReadOutcome, RecordMeta, ServedPage, Store, StoreError, StoredDrop, StoredRecord, Usage,
+    UsageRow, drop_bucket,
 };
 
 /// The format marker stored under `meta/format`.
@@ -1557,24 +1557,7 @@ impl Store for FjallStore {
         Ok(outcomes)
     }
 
-    fn read_after(
-        &self,
-        owner: &PublicKey,
-        receiver: &PublicKey,
-        after_seq: u64,
-        limit: usize,
-        max_bytes: usize,
-        now: u64,
-    ) -> Result<Vec<(StoredRecord, bool)>, StoreError> {
-        let page = PageRead { owner: *owner, receiver: *receiver, after_seq, limit, max_bytes };
-        Ok(self.read_after_many(std::slice::from_ref(&page), now)?.pop().unwrap_or_default())
-    }
-
-    fn read_after_many(
-        &self,
-        pages: &[PageRead],
-        now: u64,
-    ) -> Result<Vec<Vec<(StoredRecord, bool)>>, StoreError> {
+    fn read_after_many(&self, pages: &[PageRead], now: u64) -> Result<Vec<ServedPage>, StoreError> {
         // One walk of each outbox index inside the write: each record is read once, counted and
         // logged, and every page becomes durable in one commit.
         let mut state = self.write.lock();
@@ -1582,9 +1565,11 @@ impl Store for FjallStore {
         let mut counter = ReadCounter::new(state.commit);
         let mut served_pages = Vec::with_capacity(pages.len());
         for page in pages {
-            let mut served = Vec::new();
+            let mut served = ServedPage::default();
             let limit = page.limit.min(MAX_READ_BATCH - counter.logged);
             let (Some(from), true) = (page.after_seq.checked_add(1), limit > 0) else {
+                // Cut by the group's bound, not at the end of the outbox.
+                served.more = page.after_seq != u64::MAX && page.limit > 0;
                 served_pages.push(served);
                 continue;
             };
@@ -1609,12 +1594,14 @@ impl Store for FjallStore {
                 if meta.expires_at <= now {
                     continue;
                 }
-                if !served.is_empty() && total.saturating_add(bytes.len()) > page.max_bytes {
+                if !served.records.is_empty() && total.saturating_add(bytes.len()) > page.max_bytes {
+                    served.more = true;
                     break;
                 }
                 total = total.saturating_add(bytes.len());
-                served.push(counter.count(self, &mut change, seq, meta, bytes, now)?);
-                if served.len() >= limit {
+                served.records.push(counter.count(self, &mut change, seq, meta, bytes, now)?);
+                if served.records.len() >= limit {
+                    served.more = true;
                     break;
                 }
             }
@@ -2362,7 +2349,8 @@ mod tests {
                 let page =
                     PageRead { owner, receiver, after_seq: after, limit: 10_000, max_bytes: usize::MAX };
                 let read = store.read_after_many(&[page], 0).expect("read").pop().expect("one page");
-                let read: Vec<_> = read.into_iter().map(|(r, _)| (r.meta.seq, r.bytes)).collect();
+                assert!(!read.more, "the whole outbox fits the page");
+                let read: Vec<_> = read.records.into_iter().map(|(r, _)| (r.meta.seq, r.bytes)).collect();
                 assert_eq!(read, want, "read_after_many of outbox {} after {after}", owner.to_hex());
             }
         }

@@ -176,6 +176,18 @@ pub struct PageRead {
     pub max_bytes: usize,
 }
 
+/// One page served by [`Store::read_after_many`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServedPage {
+    /// The records served, in order, each with whether its read used it up (`exhausted` as
+    /// in [`ReadOutcome::Served`]).
+    pub records: Vec<(StoredRecord, bool)>,
+    /// Whether the page stopped at a bound (its `limit`, its `max_bytes`, or the group's
+    /// [`MAX_READ_BATCH`]) rather than at the end of the outbox: more records may follow the
+    /// last one served. `false` means every live record after `after_seq` was served.
+    pub more: bool,
+}
+
 /// Result of counting one read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[allow(clippy::large_enum_variant, reason = "a read is served right away; boxing would add an allocation")]
@@ -378,8 +390,7 @@ pub trait Store: Send + Sync + 'static {
     /// records (with `exhausted` as in [`ReadOutcome::Served`]) in order; the cursor to resume
     /// from is the last one's `seq`, or `after_seq` when none was served.
     ///
-    /// The default is [`Store::fetch_after`] then [`Store::read_batch`]; a backend that can
-    /// walk the outbox once inside its write should override it.
+    /// The default serves the one page through [`Store::read_after_many`].
     fn read_after(
         &self,
         owner: &PublicKey,
@@ -389,56 +400,63 @@ pub trait Store: Send + Sync + 'static {
         max_bytes: usize,
         now: u64,
     ) -> Result<Vec<(StoredRecord, bool)>, StoreError> {
-        let mut records = self.fetch_after(owner, receiver, after_seq, limit.min(MAX_READ_BATCH), now)?;
-        let mut total = 0usize;
-        let keep = records
-            .iter()
-            .take_while(|r| {
-                let first = total == 0;
-                total = total.saturating_add(r.bytes.len());
-                first || total <= max_bytes
-            })
-            .count();
-        records.truncate(keep);
-        let keys: Vec<ReadKey> = records
-            .iter()
-            .map(|r| ReadKey { owner: *owner, receiver: *receiver, record_id: r.meta.record_id.clone() })
-            .collect();
-        Ok(self
-            .read_batch(&keys, now)?
-            .into_iter()
-            .filter_map(|outcome| match outcome {
-                ReadOutcome::Served { record, exhausted } => Some((record, exhausted)),
-                ReadOutcome::NotFound => None,
-            })
-            .collect())
+        let page = PageRead { owner: *owner, receiver: *receiver, after_seq, limit, max_bytes };
+        Ok(self.read_after_many(std::slice::from_ref(&page), now)?.pop().unwrap_or_default().records)
     }
 
     /// Serves several pages as [`Store::read_after`] would serve each, in order, in one commit
     /// (same durability): a group of listens woken by one write costs one commit, not one
     /// each. A record on two pages is counted twice, and one whose pull limit the first page
     /// reached is not on the second. At most [`MAX_READ_BATCH`] records are served in all:
-    /// the pages after that come back short, and their readers resume from their cursors.
+    /// the pages after that come back short (with [`ServedPage::more`] set), and their readers
+    /// resume from their cursors.
     ///
-    /// The default calls [`Store::read_after`] for each page (one commit each).
-    fn read_after_many(
-        &self,
-        pages: &[PageRead],
-        now: u64,
-    ) -> Result<Vec<Vec<(StoredRecord, bool)>>, StoreError> {
+    /// The default is, for each page, [`Store::fetch_after`] then [`Store::read_batch`] (one
+    /// commit per page); a backend that can walk the outboxes inside its write should override
+    /// it.
+    fn read_after_many(&self, pages: &[PageRead], now: u64) -> Result<Vec<ServedPage>, StoreError> {
         let mut left = MAX_READ_BATCH;
         let mut served = Vec::with_capacity(pages.len());
         for page in pages {
-            let records = self.read_after(
-                &page.owner,
-                &page.receiver,
-                page.after_seq,
-                page.limit.min(left),
-                page.max_bytes,
-                now,
-            )?;
+            let limit = page.limit.min(left);
+            if page.after_seq == u64::MAX || limit == 0 {
+                served.push(ServedPage {
+                    records: Vec::new(),
+                    more: page.after_seq != u64::MAX && page.limit > 0,
+                });
+                continue;
+            }
+            let mut records = self.fetch_after(&page.owner, &page.receiver, page.after_seq, limit, now)?;
+            let mut more = records.len() >= limit;
+            let mut total = 0usize;
+            let keep = records
+                .iter()
+                .take_while(|r| {
+                    let first = total == 0;
+                    total = total.saturating_add(r.bytes.len());
+                    first || total <= page.max_bytes
+                })
+                .count();
+            more |= keep < records.len();
+            records.truncate(keep);
+            let keys: Vec<ReadKey> = records
+                .iter()
+                .map(|r| ReadKey {
+                    owner: page.owner,
+                    receiver: page.receiver,
+                    record_id: r.meta.record_id.clone(),
+                })
+                .collect();
+            let records: Vec<_> = self
+                .read_batch(&keys, now)?
+                .into_iter()
+                .filter_map(|outcome| match outcome {
+                    ReadOutcome::Served { record, exhausted } => Some((record, exhausted)),
+                    ReadOutcome::NotFound => None,
+                })
+                .collect();
             left -= records.len().min(left);
-            served.push(records);
+            served.push(ServedPage { records, more });
         }
         Ok(served)
     }
