@@ -73,7 +73,6 @@ pub fn cases<S: Store>() -> Vec<Case<S>> {
         ("expired_path_is_reusable", expired_path_is_reusable::<S>),
         ("list_filters_and_limits", list_filters_and_limits::<S>),
         ("fetch_after_order_and_paging", fetch_after_order_and_paging::<S>),
-        ("fetch_for_receiver_across_owners", fetch_for_receiver_across_owners::<S>),
         ("list_by_tag", list_by_tag::<S>),
         ("reads_filter_expired", reads_filter_expired::<S>),
         ("expire_removes_everything", expire_removes_everything::<S>),
@@ -478,46 +477,6 @@ fn fetch_after_order_and_paging<S: Store>(s: &S) {
     assert_eq!(s.fetch_after(&bob(), &alice(), 0, 10, 0).expect("fetch"), Vec::new());
 }
 
-fn fetch_for_receiver_across_owners<S: Store>(s: &S) {
-    let mut to_bob = Vec::new();
-    for i in 0..5 {
-        let seqs = put_all(
-            s,
-            vec![
-                rec(alice(), bob(), &format!("a{i}")),
-                rec(alice(), dave(), &format!("a{i}")),
-                rec(carol(), bob(), &format!("c{i}")),
-            ],
-        );
-        to_bob.push((seqs[0], alice(), format!("a{i}")));
-        to_bob.push((seqs[2], carol(), format!("c{i}")));
-    }
-    // An expired record to bob is skipped.
-    put_one(
-        s,
-        with(rec(dave(), bob(), "gone"), |r| {
-            r.stored_at = 1;
-            r.expires_at = 50;
-        }),
-    );
-    let got = s.fetch_for_receiver(&bob(), 0, 100, 50).expect("fetch");
-    let want: Vec<u64> = to_bob.iter().map(|t| t.0).collect();
-    assert_eq!(rseqs(&got), want);
-    for (r, (_, owner, id)) in got.iter().zip(&to_bob) {
-        assert_eq!((&r.meta.owner, &r.meta.record_id), (owner, id));
-        assert_eq!(r.meta.receiver, bob());
-        assert_eq!(r.bytes, format!("bytes of {id}").into_bytes());
-    }
-    // At an earlier clock, the expired record is still served.
-    assert_eq!(s.fetch_for_receiver(&bob(), 0, 100, 49).expect("fetch").len(), 11);
-    // Paging.
-    let page = s.fetch_for_receiver(&bob(), want[3], 4, 50).expect("fetch");
-    assert_eq!(rseqs(&page), want[4..8]);
-    assert_eq!(s.fetch_for_receiver(&bob(), 0, 0, 50).expect("fetch"), Vec::new());
-    assert_eq!(s.fetch_for_receiver(&carol(), 0, 10, 0).expect("fetch"), Vec::new());
-    assert_eq!(s.fetch_for_receiver(&dave(), 0, 10, 0).expect("fetch").len(), 5);
-}
-
 fn list_by_tag<S: Store>(s: &S) {
     let t1 = Tag([0x11; TAG_LEN]);
     let t2 = Tag([0x22; TAG_LEN]);
@@ -574,19 +533,18 @@ fn reads_filter_expired<S: Store>(s: &S) {
             s.get(&alice(), &bob(), "e", now).expect("get").is_some(),
             !s.list(&query(alice(), bob()), now).expect("list").is_empty(),
             !s.fetch_after(&alice(), &bob(), 0, 10, now).expect("fetch").is_empty(),
-            !s.fetch_for_receiver(&bob(), 0, 10, now).expect("fetch").is_empty(),
             !s.list_by_tag(&tag, 0, 10, now).expect("by tag").is_empty(),
         ]
     };
-    assert_eq!(visible(0), [true; 5]);
-    assert_eq!(visible(99), [true; 5]);
-    assert_eq!(visible(100), [false; 5], "expires_at <= now is expired");
-    assert_eq!(visible(u64::MAX), [false; 5]);
+    assert_eq!(visible(0), [true; 4]);
+    assert_eq!(visible(99), [true; 4]);
+    assert_eq!(visible(100), [false; 4], "expires_at <= now is expired");
+    assert_eq!(visible(u64::MAX), [false; 4]);
     assert_eq!(s.read(&alice(), &bob(), "e", 100).expect("read"), ReadOutcome::NotFound);
     assert_eq!(s.usage(&alice(), None, None, 10).expect("usage"), Vec::new(), "no read was served");
     // Still stored (and counted) until expire runs.
     assert_eq!(s.totals().expect("totals").records, 1);
-    assert_eq!(visible(99), [true; 5]);
+    assert_eq!(visible(99), [true; 4]);
 }
 
 fn expire_removes_everything<S: Store>(s: &S) {
@@ -632,7 +590,7 @@ fn expire_removes_everything<S: Store>(s: &S) {
     assert_eq!(s.list(&query(carol(), bob()), 0).expect("list"), Vec::new());
     assert_eq!(s.fetch_after(&carol(), &bob(), 0, 10, 0).expect("fetch"), Vec::new());
     assert_eq!(ids(&s.list_by_tag(&tag, 0, 10, 0).expect("by tag")), ["keep"]);
-    let to_bob = s.fetch_for_receiver(&bob(), 0, 10, 0).expect("fetch");
+    let to_bob = s.fetch_after(&alice(), &bob(), 0, 10, 0).expect("fetch");
     assert_eq!(to_bob.len(), 1);
     assert_eq!(to_bob[0].meta.record_id, "keep");
     for (_, owner, id) in &by_expiry {
@@ -665,7 +623,6 @@ fn read_counts_and_logs<S: Store>(s: &S) {
     assert_eq!(s.get(&alice(), &bob(), "r", 0).expect("get").expect("stored").meta.pulls, 3);
     assert_eq!(s.list(&query(alice(), bob()), 0).expect("list")[0].pulls, 3);
     assert_eq!(s.fetch_after(&alice(), &bob(), 0, 10, 0).expect("fetch")[0].meta.pulls, 3);
-    assert_eq!(s.fetch_for_receiver(&bob(), 0, 10, 0).expect("fetch")[0].meta.pulls, 3);
     let rows = s.usage(&alice(), None, None, 100).expect("usage");
     assert_eq!(rows.len(), 3);
     for (i, row) in rows.iter().enumerate() {
@@ -856,7 +813,7 @@ fn pull_limit_exhaustion<S: Store>(s: &S) {
     assert_eq!(s.read(&alice(), &bob(), "twice", 12).expect("read"), ReadOutcome::NotFound);
     assert_eq!(ids(&s.list(&query(alice(), bob()), 0).expect("list")), ["once"]);
     assert_eq!(s.list_by_tag(&tag, 0, 10, 0).expect("by tag"), Vec::new());
-    assert_eq!(s.fetch_for_receiver(&bob(), 0, 10, 0).expect("fetch").len(), 1);
+    assert_eq!(s.fetch_after(&alice(), &bob(), 0, 10, 0).expect("fetch").len(), 1);
     assert_eq!(s.expire(u64::MAX - 1, 10).expect("expire"), 0, "no expiry entry left behind");
     assert!(!s.delete(&alice(), &bob(), "twice").expect("delete"));
     assert_eq!(s.owner_usage(&alice()).expect("usage").records, 1);
@@ -935,7 +892,7 @@ fn delete<S: Store>(s: &S) {
     assert_eq!(s.get(&alice(), &bob(), "d", 0).expect("get"), None);
     assert_eq!(ids(&s.list(&query(alice(), bob()), 0).expect("list")), ["stay"]);
     assert_eq!(s.list_by_tag(&tag, 0, 10, 0).expect("by tag"), Vec::new());
-    assert_eq!(s.fetch_for_receiver(&bob(), 0, 10, 0).expect("fetch").len(), 1);
+    assert_eq!(s.fetch_after(&alice(), &bob(), 0, 10, 0).expect("fetch").len(), 1);
     assert_eq!(s.expire(1_000, 10).expect("expire"), 0, "its expiry entry is gone");
     assert_eq!(s.owner_usage(&alice()).expect("usage").records, 1);
     // Deleting an expired (not yet collected) record reports that it was there.
@@ -1051,8 +1008,8 @@ fn concurrent_writers_and_readers<S: Store>(s: &S) {
         }
         for _ in 0..2 {
             scope.spawn(|| {
-                for _ in 0..20 {
-                    let got = s.fetch_for_receiver(&bob(), 0, 1_000, 0).expect("fetch");
+                for round in 0..20u8 {
+                    let got = s.fetch_after(&key(10 + round % 2), &bob(), 0, 1_000, 0).expect("fetch");
                     assert!(got.windows(2).all(|w| w[0].meta.seq < w[1].meta.seq), "in order");
                     assert!(
                         got.iter().all(|r| r.bytes == format!("bytes of {}", r.meta.record_id).into_bytes())
@@ -1061,9 +1018,11 @@ fn concurrent_writers_and_readers<S: Store>(s: &S) {
             });
         }
     });
-    let all = s.fetch_for_receiver(&bob(), 0, 1_000, 0).expect("fetch");
+    let mut all = s.fetch_after(&key(10), &bob(), 0, 1_000, 0).expect("fetch");
+    all.extend(s.fetch_after(&key(11), &bob(), 0, 1_000, 0).expect("fetch"));
     assert_eq!(all.len(), 2 * BATCHES * 3);
     let mut seqs = rseqs(&all);
+    seqs.sort_unstable();
     seqs.dedup();
     assert_eq!(seqs.len(), all.len(), "sequence numbers are unique");
     assert_eq!(s.last_seq(), *seqs.last().expect("non-empty"));

@@ -11,7 +11,6 @@
 //! | `records`  | seq                                   | owner ‖ receiver ‖ var8(record id) ‖ flag tag ‖ stored_at ‖ expires_at ‖ max_pulls ‖ record_hash ‖ var32(bytes) |
 //! | `paths`    | owner ‖ receiver ‖ record id          | seq |
 //! | `outbox`   | owner ‖ receiver ‖ seq                | (empty) |
-//! | `receiver` | receiver ‖ seq                        | (empty) |
 //! | `expiry`   | expires_at ‖ seq                      | (empty) |
 //! | `tags`     | tag ‖ seq                             | (empty) |
 //! | `pulls`    | seq                                   | u32 reads so far (absent = 0) |
@@ -24,7 +23,7 @@
 //! | `stamps`   | u64 epoch ‖ [32] stamp id             | seq of the drop that spent it |
 //! | `drop_buckets` | u16 bucket (first 16 tag bits)    | u64 live drops (absent = 0) |
 //! | `issuance` | [32] account ‖ u64 day                | u32 tokens issued |
-//! | `meta`     | `format`, `commit`, `last_seq`, `totals`, `drop_totals` | `pigeonhole-store v2`, u64, u64, u64 records ‖ u64 bytes, u64 drops ‖ u64 bytes |
+//! | `meta`     | `format`, `commit`, `last_seq`, `totals`, `drop_totals` | `pigeonhole-store v3`, u64, u64, u64 records ‖ u64 bytes, u64 drops ‖ u64 bytes |
 //!
 //! Records and drops are keyed by their sequence number (one counter for both), so new ones
 //! append to the end of their keyspace; reads are counted in `pulls` so that a read does not
@@ -58,9 +57,12 @@
 //! # Format versions
 //!
 //! `meta/format` names the layout. v2 added the drop keyspaces and `meta/drop_totals`; a v1
-//! store is a v2 store without drops, so opening one upgrades it in place (its drop
-//! keyspaces must be empty; the marker and the zero drop totals are written in one durable
-//! batch). Any other version is refused.
+//! store is a v2 store without drops. v3 dropped the `receiver` index (receiver ‖ seq), which
+//! no endpoint read and every record paid for (an entry written, flushed and compacted): a v2
+//! store is a v3 store with that keyspace. Opening a v1 or v2 store upgrades it in place: the
+//! `receiver` keyspace is deleted if present, then the marker (and, from v1, the zero drop
+//! totals, whose keyspaces must be empty) is written in one durable batch; an upgrade cut
+//! short is finished by the next open. Any other version is refused.
 //!
 //! # Durability and the commit witness
 //!
@@ -102,8 +104,8 @@ use crate::codec::{
     check_new_record, corrupted, decode_account, decode_drop, decode_drop_prefix, decode_pulls,
     decode_record, decode_usage, decode_usage_counters, drop_prefix_bucket, drop_prefix_key,
     drop_prefix_value, drop_value_tag, encode_account, encode_drop, encode_record, encode_usage,
-    encode_usage_counters, expiry_key, issuance_key, outbox_key, outbox_prefix, path_key, receiver_key,
-    seq_key, seq_suffix, stamp_key, tag_key, usage_key, usage_key_read_at,
+    encode_usage_counters, expiry_key, issuance_key, outbox_key, outbox_prefix, path_key, seq_key,
+    seq_suffix, stamp_key, tag_key, usage_key, usage_key_read_at,
 };
 use crate::{
     Account, DropOutcome, KeyspaceStats, ListQuery, MAX_READ_BATCH, NewDrop, NewRecord, PageRead, PutOutcome,
@@ -112,11 +114,15 @@ use crate::{
 };
 
 /// The format marker stored under `meta/format`.
-pub(crate) const FORMAT: &str = "pigeonhole-store v2";
+pub(crate) const FORMAT: &str = "pigeonhole-store v3";
 const FORMAT_PREFIX: &str = "pigeonhole-store v";
-const FORMAT_VERSION: u64 = 2;
+const FORMAT_VERSION: u64 = 3;
 /// The version before drops: upgraded in place on open (see the module documentation).
 const FORMAT_V1: &str = "pigeonhole-store v1";
+/// The version with the `receiver` index: upgraded in place on open.
+const FORMAT_V2: &str = "pigeonhole-store v2";
+/// The keyspace of the receiver index, which v1 and v2 stores have and v3 deletes.
+const LEGACY_RECEIVER_KEYSPACE: &str = "receiver";
 
 const FORMAT_KEY: &[u8] = b"format";
 const COMMIT_KEY: &[u8] = b"commit";
@@ -130,11 +136,10 @@ const WITNESS_MAGIC: &[u8; 8] = b"PHCOMMIT";
 /// The file fjall writes first when it creates a database.
 const FJALL_MARKER: &str = "version";
 
-const KEYSPACE_NAMES: [&str; 17] = [
+const KEYSPACE_NAMES: [&str; 16] = [
     "records",
     "paths",
     "outbox",
-    "receiver",
     "expiry",
     "tags",
     "pulls",
@@ -197,7 +202,6 @@ struct Keyspaces {
     records: Keyspace,
     paths: Keyspace,
     outbox: Keyspace,
-    receiver: Keyspace,
     expiry: Keyspace,
     tags: Keyspace,
     pulls: Keyspace,
@@ -241,7 +245,6 @@ impl Keyspaces {
             records: open_separated("records")?,
             paths: open("paths")?,
             outbox: open("outbox")?,
-            receiver: open("receiver")?,
             expiry: open("expiry")?,
             tags: open("tags")?,
             pulls: open("pulls")?,
@@ -258,12 +261,11 @@ impl Keyspaces {
         })
     }
 
-    fn all(&self) -> [(&'static str, &Keyspace); 17] {
+    fn all(&self) -> [(&'static str, &Keyspace); 16] {
         [
             ("records", &self.records),
             ("paths", &self.paths),
             ("outbox", &self.outbox),
-            ("receiver", &self.receiver),
             ("expiry", &self.expiry),
             ("tags", &self.tags),
             ("pulls", &self.pulls),
@@ -285,12 +287,13 @@ impl Keyspaces {
 /// it returns.
 ///
 /// Layout (one keyspace per table, big-endian integers in keys): `records` seq → record;
-/// `paths` owner‖receiver‖id → seq; `outbox` owner‖receiver‖seq; `receiver` receiver‖seq;
+/// `paths` owner‖receiver‖id → seq; `outbox` owner‖receiver‖seq;
 /// `expiry` expires_at‖seq; `tags` tag‖seq; `pulls` seq → reads; `usage`
 /// owner‖read_at‖commit → read; `accounts`; `owners` owner → records‖bytes; `drops` seq →
 /// drop; `drop_prefix` g‖masked head‖seq; `drop_expiry` expires_at‖seq; `stamps` epoch‖id;
 /// `drop_buckets` bucket → live drops; `issuance` account‖day → issued; `meta` (format
-/// `pigeonhole-store v2`, commit counter, last seq, totals, drop totals).
+/// `pigeonhole-store v3`, commit counter, last seq, totals, drop totals; v1 and v2 stores are
+/// upgraded in place on open).
 ///
 /// Every write (`put_batch`, `put_drops`, `read`, `delete`, `expire`, `expire_drops`,
 /// `prune_stamps`, `put_account`, `charge_issuance`) is one atomic batch,
@@ -591,7 +594,6 @@ impl<'a> Change<'a> {
         b.insert(&ks.records, seq_key(seq), encode_record(record));
         b.insert(&ks.paths, path, seq_key(seq));
         b.insert(&ks.outbox, outbox_key(&record.owner, &record.receiver, seq), []);
-        b.insert(&ks.receiver, receiver_key(&record.receiver, seq), []);
         b.insert(&ks.expiry, expiry_key(record.expires_at, seq), []);
         if let Some(tag) = &record.tag {
             b.insert(&ks.tags, tag_key(tag, seq), []);
@@ -616,7 +618,6 @@ impl<'a> Change<'a> {
             b.remove(&ks.paths, path_key(&meta.owner, &meta.receiver, &meta.record_id));
         }
         b.remove(&ks.outbox, outbox_key(&meta.owner, &meta.receiver, seq));
-        b.remove(&ks.receiver, receiver_key(&meta.receiver, seq));
         b.remove(&ks.expiry, expiry_key(meta.expires_at, seq));
         if let Some(tag) = &meta.tag {
             b.remove(&ks.tags, tag_key(tag, seq));
@@ -841,7 +842,10 @@ impl FjallStore {
         let db = builder.open().map_err(open_error)?;
 
         let names = db.list_keyspace_names();
-        if let Some(name) = names.iter().find(|n| !KEYSPACE_NAMES.contains(&&***n)) {
+        let legacy_receiver = names.iter().any(|n| &**n == LEGACY_RECEIVER_KEYSPACE);
+        if let Some(name) =
+            names.iter().find(|n| !KEYSPACE_NAMES.contains(&&***n) && &***n != LEGACY_RECEIVER_KEYSPACE)
+        {
             return Err(StoreError::Corrupted(format!(
                 "{} is not a Pigeonhole store: it has a keyspace {:?}",
                 dir.display(),
@@ -855,7 +859,7 @@ impl FjallStore {
         let witness = Witness::read(dir)?;
         let commit = match format {
             Some(format) => {
-                let upgrade = check_format(&format, dir)?;
+                let version = check_format(&format, dir)?;
                 let commit = match snap.get(&ks.meta, COMMIT_KEY).map_err(fjall_error)? {
                     Some(v) => be_u64(&v, "meta")?,
                     None => return Err(corrupted("meta", "the commit counter is missing")),
@@ -878,7 +882,7 @@ impl FjallStore {
                         )));
                     }
                 }
-                if upgrade {
+                if version == 1 {
                     // A v1 store never had drops: its drop keyspaces were just created empty.
                     for (name, keyspace) in ks.all() {
                         if DROP_KEYSPACE_NAMES.contains(&name) && snap.first_key_value(keyspace).is_some() {
@@ -888,9 +892,20 @@ impl FjallStore {
                             )));
                         }
                     }
+                }
+                if legacy_receiver {
+                    // v1 and v2 kept a receiver index; an upgrade cut short may have left it.
+                    let keyspace = db
+                        .keyspace(LEGACY_RECEIVER_KEYSPACE, KeyspaceCreateOptions::default)
+                        .map_err(fjall_error)?;
+                    db.delete_keyspace(keyspace).map_err(fjall_error)?;
+                }
+                if version < FORMAT_VERSION {
                     let mut batch = db.batch().durability(Some(DURABLE));
                     batch.insert(&ks.meta, FORMAT_KEY, FORMAT);
-                    batch.insert(&ks.meta, DROP_TOTALS_KEY, encode_usage_counters(Usage::default()));
+                    if version == 1 {
+                        batch.insert(&ks.meta, DROP_TOTALS_KEY, encode_usage_counters(Usage::default()));
+                    }
                     batch.commit().map_err(fjall_error)?;
                 }
                 commit
@@ -912,6 +927,20 @@ impl FjallStore {
                             dir.display()
                         )));
                     }
+                }
+                if legacy_receiver {
+                    // An older build's creation cut short left its (empty) receiver index.
+                    let keyspace = db
+                        .keyspace(LEGACY_RECEIVER_KEYSPACE, KeyspaceCreateOptions::default)
+                        .map_err(fjall_error)?;
+                    if keyspace.first_key_value().is_some() {
+                        return Err(StoreError::Corrupted(format!(
+                            "{} is not a Pigeonhole store: no format marker, but keyspace \
+                             `{LEGACY_RECEIVER_KEYSPACE}` has data",
+                            dir.display()
+                        )));
+                    }
+                    db.delete_keyspace(keyspace).map_err(fjall_error)?;
                 }
                 let mut batch = db.batch().durability(Some(DURABLE));
                 batch.insert(&ks.meta, FORMAT_KEY, FORMAT);
@@ -1121,7 +1150,6 @@ impl FjallStore {
                 _ => return Err(corrupted("paths", format_args!("no entry pointing at record {seq}"))),
             }
             present(&ks.outbox, "outbox", &outbox_key(&meta.owner, &meta.receiver, seq), seq)?;
-            present(&ks.receiver, "receiver", &receiver_key(&meta.receiver, seq), seq)?;
             present(&ks.expiry, "expiry", &expiry_key(meta.expires_at, seq), seq)?;
             if let Some(tag) = &meta.tag {
                 present(&ks.tags, "tags", &tag_key(tag, seq), seq)?;
@@ -1138,7 +1166,6 @@ impl FjallStore {
         for (name, keyspace, expected) in [
             ("paths", &ks.paths, records),
             ("outbox", &ks.outbox, records),
-            ("receiver", &ks.receiver, records),
             ("expiry", &ks.expiry, records),
             ("tags", &ks.tags, tagged),
         ] {
@@ -1318,18 +1345,22 @@ impl FjallStore {
 
 /// Checks the format marker: `Ok(false)` for the current format, `Ok(true)` for v1 (to be
 /// upgraded in place), an error for anything else.
-fn check_format(format: &[u8], dir: &Path) -> Result<bool, StoreError> {
+/// The version of a store this build reads (1 and 2 are upgraded on open), or why not.
+fn check_format(format: &[u8], dir: &Path) -> Result<u64, StoreError> {
     if format == FORMAT.as_bytes() {
-        return Ok(false);
+        return Ok(FORMAT_VERSION);
+    }
+    if format == FORMAT_V2.as_bytes() {
+        return Ok(2);
     }
     if format == FORMAT_V1.as_bytes() {
-        return Ok(true);
+        return Ok(1);
     }
     let text = String::from_utf8_lossy(format);
     if let Some(version) = text.strip_prefix(FORMAT_PREFIX).and_then(|v| v.parse::<u64>().ok()) {
         return Err(StoreError::Corrupted(format!(
-            "{} holds a store of format v{version}; this build reads v1 (upgrading it) and \
-             v{FORMAT_VERSION}",
+            "{} holds a store of format v{version}; this build reads v1 and v2 (upgrading them) \
+             and v{FORMAT_VERSION}",
             dir.display()
         )));
     }
@@ -1456,30 +1487,6 @@ impl Store for FjallStore {
             now,
             limit,
             |m| m.owner == *owner && m.receiver == *receiver,
-            |_| true,
-            |seq, meta, pulls, bytes| StoredRecord {
-                meta: meta.into_meta(seq, pulls),
-                bytes: bytes.to_vec(),
-            },
-        )
-    }
-
-    fn fetch_for_receiver(
-        &self,
-        receiver: &PublicKey,
-        after_seq: u64,
-        limit: usize,
-        now: u64,
-    ) -> Result<Vec<StoredRecord>, StoreError> {
-        let Some(from) = after_seq.checked_add(1) else { return Ok(Vec::new()) };
-        let snap = self.db.snapshot();
-        self.walk(
-            &snap,
-            ("receiver", &self.ks.receiver),
-            seq_range(&receiver.to_bytes(), from),
-            now,
-            limit,
-            |m| m.receiver == *receiver,
             |_| true,
             |seq, meta, pulls, bytes| StoredRecord {
                 meta: meta.into_meta(seq, pulls),
@@ -1921,6 +1928,7 @@ fn head_tag(head: u32) -> Tag {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::receiver_key;
     use pigeonhole_proto::keys::SecretKey;
 
     #[test]
@@ -2253,6 +2261,40 @@ mod tests {
             meta.insert(FORMAT_KEY, FORMAT_V1).expect("insert");
         });
         assert_corrupted(FjallStore::open(dir.path()), "added in v2");
+    }
+
+    #[test]
+    fn upgrades_a_v2_store_in_place_dropping_the_receiver_index() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let records = fill(&FjallStore::open(dir.path()).expect("create"), 2, 30, 100);
+        // What a v2 build left: its marker and a receiver index entry for every record.
+        let seqs: Vec<u64> = (1..=records.len() as u64).collect();
+        with_raw_db(dir.path(), |db| {
+            let meta = db.keyspace("meta", KeyspaceCreateOptions::default).expect("meta");
+            meta.insert(FORMAT_KEY, FORMAT_V2).expect("insert");
+            let receiver = db.keyspace(LEGACY_RECEIVER_KEYSPACE, KeyspaceCreateOptions::default).expect("ks");
+            for (record, seq) in records.iter().zip(&seqs) {
+                receiver.insert(receiver_key(&record.receiver, *seq), []).expect("insert");
+            }
+            receiver.rotate_memtable_and_wait().expect("flush");
+        });
+        drop_store_and_reopen(FjallStore::open(dir.path()).expect("a v2 store opens"), dir.path(), |store| {
+            assert_eq!(store.ks.meta.get(FORMAT_KEY).expect("get").as_deref(), Some(FORMAT.as_bytes()));
+            assert!(!store.db.list_keyspace_names().iter().any(|n| &**n == LEGACY_RECEIVER_KEYSPACE));
+            assert_eq!(store.verify().expect("verify").records, records.len() as u64);
+            for r in &records {
+                let got = store.get(&r.owner, &r.receiver, &r.record_id, 0).expect("get").expect("kept");
+                assert_eq!(got.bytes, r.bytes);
+            }
+        });
+        // An upgrade cut short after the marker (the index still there) is finished on open.
+        with_raw_db(dir.path(), |db| {
+            let receiver = db.keyspace(LEGACY_RECEIVER_KEYSPACE, KeyspaceCreateOptions::default).expect("ks");
+            receiver.insert(receiver_key(&records[0].receiver, 1), []).expect("insert");
+        });
+        let store = FjallStore::open(dir.path()).expect("reopen");
+        assert!(!store.db.list_keyspace_names().iter().any(|n| &**n == LEGACY_RECEIVER_KEYSPACE));
+        store.verify().expect("verify");
     }
 
     fn stored_seq(outcome: &PutOutcome) -> u64 {

@@ -342,16 +342,6 @@ pub trait Store: Send + Sync + 'static {
         now: u64,
     ) -> Result<Vec<StoredRecord>, StoreError>;
 
-    /// Records (with bytes) addressed to `receiver` in every outbox, with `seq > after_seq`,
-    /// in sequence order, not expired at `now` (one listener for all of a receiver's contacts).
-    fn fetch_for_receiver(
-        &self,
-        receiver: &PublicKey,
-        after_seq: u64,
-        limit: usize,
-        now: u64,
-    ) -> Result<Vec<StoredRecord>, StoreError>;
-
     /// Metadata of records carrying `tag`, with `seq > after_seq`, in order, not expired at `now`.
     fn list_by_tag(
         &self,

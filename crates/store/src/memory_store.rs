@@ -47,7 +47,6 @@ struct Inner {
     records: BTreeMap<u64, Entry>,
     paths: HashMap<(Key, Key, String), u64>,
     outbox: BTreeSet<(Key, Key, u64)>,
-    receivers: BTreeSet<(Key, u64)>,
     tags: BTreeSet<([u8; TAG_LEN], u64)>,
     expiry: BTreeSet<(u64, u64)>,
     /// (owner, read_at, unique counter) → row.
@@ -95,7 +94,6 @@ impl Inner {
         let (owner, receiver) = (record.owner.to_bytes(), record.receiver.to_bytes());
         self.paths.insert((owner, receiver, record.record_id.clone()), seq);
         self.outbox.insert((owner, receiver, seq));
-        self.receivers.insert((receiver, seq));
         if let Some(tag) = record.tag {
             self.tags.insert((tag.0, seq));
         }
@@ -115,7 +113,6 @@ impl Inner {
         let (owner, receiver) = (meta.owner.to_bytes(), meta.receiver.to_bytes());
         self.paths.remove(&(owner, receiver, meta.record_id.clone()));
         self.outbox.remove(&(owner, receiver, seq));
-        self.receivers.remove(&(receiver, seq));
         if let Some(tag) = meta.tag {
             self.tags.remove(&(tag.0, seq));
         }
@@ -227,20 +224,6 @@ impl Store for MemoryStore {
         let (owner, receiver) = (owner.to_bytes(), receiver.to_bytes());
         let Some(start) = after_seq.checked_add(1) else { return Ok(Vec::new()) };
         let seqs = inner.outbox.range((owner, receiver, start)..=(owner, receiver, u64::MAX)).map(|k| k.2);
-        Ok(inner.collect(seqs, now, limit).map(Entry::stored).collect())
-    }
-
-    fn fetch_for_receiver(
-        &self,
-        receiver: &PublicKey,
-        after_seq: u64,
-        limit: usize,
-        now: u64,
-    ) -> Result<Vec<StoredRecord>, StoreError> {
-        let inner = self.inner.read();
-        let receiver = receiver.to_bytes();
-        let Some(start) = after_seq.checked_add(1) else { return Ok(Vec::new()) };
-        let seqs = inner.receivers.range((receiver, start)..=(receiver, u64::MAX)).map(|k| k.1);
         Ok(inner.collect(seqs, now, limit).map(Entry::stored).collect())
     }
 

@@ -277,15 +277,6 @@ fn observe<S: Store>(s: &S) -> Result<Vec<String>, StoreError> {
             }
         }
     }
-    for r in 0..RECEIVERS {
-        for now in CLOCKS {
-            seen.push(format!("receiver {r} {now} {:?}", s.fetch_for_receiver(&receiver(r), 0, 1_000, now)?));
-            seen.push(format!(
-                "receiver page {r} {now} {:?}",
-                s.fetch_for_receiver(&receiver(r), 3, 2, now)?
-            ));
-        }
-    }
     for t in 0..TAGS {
         for now in CLOCKS {
             seen.push(format!("tag {t} {now} {:?}", s.list_by_tag(&tag(t), 0, 1_000, now)?));
