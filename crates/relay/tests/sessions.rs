@@ -118,6 +118,19 @@ async fn open_ws(relay: &TestRelay, who: &SecretKey) -> Socket {
     socket
 }
 
+/// The unsigned `listen` of `who` to `owner`'s outbox for `who`, after seq `after`.
+fn listen_frame(relay: &TestRelay, who: &SecretKey, owner: PublicKey, after: u64) -> Value {
+    let listen = Listen { owner, receiver: who.public_key(), after_ts: None, after_seq: Some(after) };
+    inner(&msg(who, relay.key, Request::Listen(listen)).to_json())
+}
+
+/// Sends `listen` as request `id` and checks that the relay subscribed it.
+async fn subscribe(socket: &mut Socket, listen: Value, id: u64) {
+    socket.send(WsMessage::Text(json!({"id": id, "msg": listen}).to_string().into())).await.unwrap();
+    let reply = next_json(socket).await;
+    assert_eq!(reply["body"]["subscribed"], true, "{reply}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_pipelined_writes_and_listen_pushes() {
     let relay = TestRelay::start().await;
@@ -126,22 +139,7 @@ async fn websocket_pipelined_writes_and_listen_pushes() {
     let mut writer = open_ws(&relay, &alice).await;
     let mut listener = open_ws(&relay, &bob).await;
 
-    let listen = inner(
-        &msg(
-            &bob,
-            relay.key,
-            Request::Listen(Listen {
-                owner: alice.public_key(),
-                receiver: bob.public_key(),
-                after_ts: None,
-                after_seq: Some(0),
-            }),
-        )
-        .to_json(),
-    );
-    listener.send(WsMessage::Text(json!({"id": 7, "msg": listen}).to_string().into())).await.unwrap();
-    let subscribed = next_json(&mut listener).await;
-    assert_eq!(subscribed["body"]["subscribed"], true, "{subscribed}");
+    subscribe(&mut listener, listen_frame(&relay, &bob, alice.public_key(), 0), 7).await;
 
     // 200 writes sent back to back, then all answers collected (out of order is allowed).
     const N: u64 = 200;
@@ -219,21 +217,7 @@ async fn a_backlog_of_many_pages_streams_once_and_the_listen_then_follows_new_wr
         }
     }
     let mut listener = open_ws(&relay, &bob).await;
-    let listen = inner(
-        &msg(
-            &bob,
-            relay.key,
-            Request::Listen(Listen {
-                owner: alice.public_key(),
-                receiver: bob.public_key(),
-                after_ts: None,
-                after_seq: Some(0),
-            }),
-        )
-        .to_json(),
-    );
-    listener.send(WsMessage::Text(json!({"id": 3, "msg": listen}).to_string().into())).await.unwrap();
-    assert_eq!(next_json(&mut listener).await["body"]["subscribed"], true);
+    subscribe(&mut listener, listen_frame(&relay, &bob, alice.public_key(), 0), 3).await;
     let mut seen = Vec::new();
     let mut pushes = 0;
     while seen.len() < N as usize {
@@ -296,23 +280,8 @@ async fn a_listener_that_stalls_is_closed_with_a_cursor_and_loses_nothing() {
     register(&relay, &alice).await;
     let mut writer = open_ws(&relay, &alice).await;
     let mut listener = open_ws(&relay, &bob).await;
-    let listen = |after| {
-        inner(
-            &msg(
-                &bob,
-                relay.key,
-                Request::Listen(Listen {
-                    owner: alice.public_key(),
-                    receiver: bob.public_key(),
-                    after_ts: None,
-                    after_seq: Some(after),
-                }),
-            )
-            .to_json(),
-        )
-    };
-    listener.send(WsMessage::Text(json!({"id": 1, "msg": listen(0)}).to_string().into())).await.unwrap();
-    assert_eq!(next_json(&mut listener).await["body"]["subscribed"], true);
+    let listen = |after| listen_frame(&relay, &bob, alice.public_key(), after);
+    subscribe(&mut listener, listen(0), 1).await;
 
     // Bob stops reading while Alice writes ~12 MB: more than the relay's 4 MiB outbound budget
     // plus what the kernel's socket buffers absorb; the relay waits for room, then gives up.
@@ -422,22 +391,8 @@ async fn listen_deliveries_are_reads_counted_and_logged() {
     let page: Value =
         reqwest::Client::new().post(&url).body(again).send().await.unwrap().json().await.unwrap();
     assert_eq!(page["records"].as_array().unwrap().len(), 0, "{page}");
-    let usage = signed_json(
-        &alice,
-        relay.key,
-        Request::Usage(pigeonhole_proto::request::Usage { after_ts: None, before_ts: None }),
-    );
-    let report: Value = reqwest::Client::new()
-        .post(format!("{}/v1/usage", relay.url))
-        .body(usage)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let reads = report["report"]["reads"].as_array().unwrap();
-    assert_eq!(reads.len(), 3, "{report}");
+    let reads = usage_reads(&relay, &alice).await;
+    assert_eq!(reads.len(), 3, "{reads:?}");
     assert!(reads.iter().all(|r| r["receiver"] == bob.public_key().to_hex()));
     relay.stop().await;
 }
