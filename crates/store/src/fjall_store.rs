@@ -842,7 +842,6 @@ impl FjallStore {
         let db = builder.open().map_err(open_error)?;
 
         let names = db.list_keyspace_names();
-        let legacy_receiver = names.iter().any(|n| &**n == LEGACY_RECEIVER_KEYSPACE);
         if let Some(name) =
             names.iter().find(|n| !KEYSPACE_NAMES.contains(&&***n) && &***n != LEGACY_RECEIVER_KEYSPACE)
         {
@@ -853,6 +852,12 @@ impl FjallStore {
             )));
         }
         let ks = Keyspaces::open(&db, config.memtable_bytes.max(1024 * 1024))?;
+        // The receiver index that v1 and v2 stores kept, deleted below.
+        let legacy_receiver = if names.iter().any(|n| &**n == LEGACY_RECEIVER_KEYSPACE) {
+            Some(db.keyspace(LEGACY_RECEIVER_KEYSPACE, KeyspaceCreateOptions::default).map_err(fjall_error)?)
+        } else {
+            None
+        };
         let snap = db.snapshot();
 
         let format = snap.get(&ks.meta, FORMAT_KEY).map_err(fjall_error)?;
@@ -893,11 +898,8 @@ impl FjallStore {
                         }
                     }
                 }
-                if legacy_receiver {
-                    // v1 and v2 kept a receiver index; an upgrade cut short may have left it.
-                    let keyspace = db
-                        .keyspace(LEGACY_RECEIVER_KEYSPACE, KeyspaceCreateOptions::default)
-                        .map_err(fjall_error)?;
+                if let Some(keyspace) = legacy_receiver {
+                    // An upgrade cut short after the marker may have left it too.
                     db.delete_keyspace(keyspace).map_err(fjall_error)?;
                 }
                 if version < FORMAT_VERSION {
@@ -928,11 +930,8 @@ impl FjallStore {
                         )));
                     }
                 }
-                if legacy_receiver {
+                if let Some(keyspace) = legacy_receiver {
                     // An older build's creation cut short left its (empty) receiver index.
-                    let keyspace = db
-                        .keyspace(LEGACY_RECEIVER_KEYSPACE, KeyspaceCreateOptions::default)
-                        .map_err(fjall_error)?;
                     if keyspace.first_key_value().is_some() {
                         return Err(StoreError::Corrupted(format!(
                             "{} is not a Pigeonhole store: no format marker, but keyspace \
