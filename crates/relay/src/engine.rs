@@ -607,8 +607,9 @@ impl Engine {
     }
 
     /// Delivers a page to each listener, answered in order: its records, the cursor after
-    /// them, and whether more may follow. Deliveries to the receiver are reads: they are counted against each record's
-    /// pull limit and logged for usage reports, all of them in one commit
+    /// them, and whether more may follow. Deliveries to the receiver are reads: they are
+    /// counted against each record's pull limit and logged for usage reports, all of them in
+    /// one commit
     /// ([`Store::read_after_many`]; the owner watching its own outbox is not a read). After
     /// the first record, a page holds at most `size.bytes` of record bytes.
     pub fn deliver_many(&self, pages: &[Delivery], now: u64) -> Vec<Result<DeliveredPage, RelayError>> {
