@@ -20,7 +20,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
@@ -215,6 +215,7 @@ async fn connection(state: Shared, socket: WebSocket, peer: SocketAddr) {
                 break;
             }
         };
+        let received = Instant::now();
         // Reap finished tasks so the set stays as small as the work in progress.
         while tasks.try_join_next().is_some() {}
         let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
@@ -244,9 +245,14 @@ async fn connection(state: Shared, socket: WebSocket, peer: SocketAddr) {
         let state = state.clone();
         let out = out.clone();
         tasks.spawn(async move {
+            let request = verified.message.request.type_name();
             let result = dispatch(&state, verified, peer).await;
             out.send(answer(id, result)).await;
             drop(permit);
+            // From the frame's arrival to its answer queued for sending: the relay's share of
+            // the latency a client sees.
+            metrics::histogram!("pigeonhole_ws_request_seconds", "request" => request)
+                .record(received.elapsed().as_secs_f64());
         });
     }
     tasks.abort_all();
