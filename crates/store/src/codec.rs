@@ -6,6 +6,7 @@
 //! Keys put the ordering fields first and big-endian, so that a prefix or range scan of a
 //! keyspace returns entries in the order the [`Store`](crate::Store) methods promise.
 
+use pigeonhole_proto::hash::tagged_hash;
 use pigeonhole_proto::keys::PublicKey;
 use pigeonhole_proto::payload::{MAX_RECORD_ID_LEN, validate_record_id};
 use pigeonhole_proto::tag::{TAG_LEN, Tag};
@@ -88,29 +89,90 @@ pub(crate) fn seq_suffix(key: &[u8], keyspace: &'static str) -> Result<u64, Stor
     be_u64(&key[start..], keyspace)
 }
 
-/// `paths`: owner ‖ receiver ‖ record id.
+/// Length of a pair id (see [`pair_id`]).
+pub(crate) const PAIR_LEN: usize = 16;
+
+/// Domain tag of [`pair_id`]'s hash.
+const PAIR_TAG: &str = "pigeonhole/store/pair";
+
+/// The id of an (owner, receiver) pair that keys `paths` and `outbox`: the first 16 bytes of
+/// the tagged SHA-256 of owner ‖ receiver (BIP-340 style tagged hash). Sixteen bytes instead of
+/// the two 32-byte keys make every index entry of a record 48 bytes shorter, and those entries
+/// are what compaction rewrites (they are keyed by pair, so every flushed table spans the whole
+/// key range). Two pairs with one id are not expected before some 2^64 pairs, and each reader of
+/// these indexes confirms the pair against the record it loads: a record of another pair under
+/// the same id is skipped by a walk, and a write to a path held by another pair's live record is
+/// refused as a conflict (the writer picks another record id).
+pub(crate) fn pair_id(owner: &PublicKey, receiver: &PublicKey) -> [u8; PAIR_LEN] {
+    pair_id_of(&owner.to_bytes(), &receiver.to_bytes())
+}
+
+/// [`pair_id`] of two keys' bytes (as the v3 index keys hold them).
+pub(crate) fn pair_id_of(owner: &[u8; KEY_LEN], receiver: &[u8; KEY_LEN]) -> [u8; PAIR_LEN] {
+    let digest = tagged_hash(PAIR_TAG, &[owner, receiver]);
+    let mut id = [0u8; PAIR_LEN];
+    id.copy_from_slice(&digest[..PAIR_LEN]);
+    #[cfg(test)]
+    if NARROW_PAIR_IDS.with(std::cell::Cell::get) {
+        // One bit of id: pairs share ids, as the code handling that must be tested.
+        id = [id[0] & 1; PAIR_LEN];
+    }
+    id
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Narrows [`pair_id`] to one bit on this thread (a test of pairs that share an id).
+    pub(crate) static NARROW_PAIR_IDS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// `paths`: pair id ‖ record id.
 pub(crate) fn path_key(owner: &PublicKey, receiver: &PublicKey, record_id: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(2 * KEY_LEN + record_id.len());
-    key.extend_from_slice(&owner.to_bytes());
-    key.extend_from_slice(&receiver.to_bytes());
-    key.extend_from_slice(record_id.as_bytes());
+    pair_path_key(&pair_id(owner, receiver), record_id.as_bytes())
+}
+
+/// `paths` key of a pair id and a record id's bytes.
+pub(crate) fn pair_path_key(pair: &[u8; PAIR_LEN], record_id: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(PAIR_LEN + record_id.len());
+    key.extend_from_slice(pair);
+    key.extend_from_slice(record_id);
     key
 }
 
-/// `outbox` prefix: owner ‖ receiver.
-pub(crate) fn outbox_prefix(owner: &PublicKey, receiver: &PublicKey) -> [u8; 2 * KEY_LEN] {
-    let mut key = [0u8; 2 * KEY_LEN];
-    key[..KEY_LEN].copy_from_slice(&owner.to_bytes());
-    key[KEY_LEN..].copy_from_slice(&receiver.to_bytes());
+/// `outbox` prefix: pair id.
+pub(crate) fn outbox_prefix(owner: &PublicKey, receiver: &PublicKey) -> [u8; PAIR_LEN] {
+    pair_id(owner, receiver)
+}
+
+/// `outbox`: pair id ‖ seq.
+pub(crate) fn outbox_key(owner: &PublicKey, receiver: &PublicKey, seq: u64) -> [u8; PAIR_LEN + 8] {
+    pair_outbox_key(&pair_id(owner, receiver), seq)
+}
+
+/// `outbox` key of a pair id and a sequence number.
+pub(crate) fn pair_outbox_key(pair: &[u8; PAIR_LEN], seq: u64) -> [u8; PAIR_LEN + 8] {
+    let mut key = [0u8; PAIR_LEN + 8];
+    key[..PAIR_LEN].copy_from_slice(pair);
+    key[PAIR_LEN..].copy_from_slice(&seq.to_be_bytes());
     key
 }
 
-/// `outbox`: owner ‖ receiver ‖ seq.
-pub(crate) fn outbox_key(owner: &PublicKey, receiver: &PublicKey, seq: u64) -> [u8; 2 * KEY_LEN + 8] {
-    let mut key = [0u8; 2 * KEY_LEN + 8];
-    key[..2 * KEY_LEN].copy_from_slice(&outbox_prefix(owner, receiver));
-    key[2 * KEY_LEN..].copy_from_slice(&seq.to_be_bytes());
-    key
+/// Splits a key of the v3 `paths` (owner ‖ receiver ‖ record id) or `outbox` (owner ‖
+/// receiver ‖ seq) index into the pair id of its two keys and the rest.
+pub(crate) fn split_v3_pair_key<'a>(
+    key: &'a [u8],
+    keyspace: &'static str,
+) -> Result<([u8; PAIR_LEN], &'a [u8]), StoreError> {
+    match (key.get(..KEY_LEN), key.get(KEY_LEN..2 * KEY_LEN), key.get(2 * KEY_LEN..)) {
+        (Some(owner), Some(receiver), Some(rest)) if !rest.is_empty() => {
+            let (owner, receiver) = (owner.try_into(), receiver.try_into());
+            match (owner, receiver) {
+                (Ok(owner), Ok(receiver)) => Ok((pair_id_of(owner, receiver), rest)),
+                _ => Err(corrupted(keyspace, "v3 key halves")),
+            }
+        }
+        _ => Err(corrupted(keyspace, format_args!("v3 key of {} bytes is too short", key.len()))),
+    }
 }
 
 /// `receiver` (the index of format v2, deleted by v3; tests craft v2 stores with it):

@@ -9,8 +9,8 @@
 //! | keyspace   | key                                   | value |
 //! |------------|---------------------------------------|-------|
 //! | `records`  | seq                                   | owner ‖ receiver ‖ var8(record id) ‖ flag tag ‖ stored_at ‖ expires_at ‖ max_pulls ‖ record_hash ‖ var32(bytes) |
-//! | `paths`    | owner ‖ receiver ‖ record id          | seq |
-//! | `outbox`   | owner ‖ receiver ‖ seq                | (empty) |
+//! | `pair_paths` | pair id ‖ record id                 | seq |
+//! | `pair_outbox` | pair id ‖ seq                      | (empty) |
 //! | `expiry`   | expires_at ‖ seq                      | (empty) |
 //! | `tags`     | tag ‖ seq                             | (empty) |
 //! | `pulls`    | seq                                   | u32 reads so far (absent = 0) |
@@ -23,7 +23,14 @@
 //! | `stamps`   | u64 epoch ‖ [32] stamp id             | seq of the drop that spent it |
 //! | `drop_buckets` | u16 bucket (first 16 tag bits)    | u64 live drops (absent = 0) |
 //! | `issuance` | [32] account ‖ u64 day                | u32 tokens issued |
-//! | `meta`     | `format`, `commit`, `last_seq`, `totals`, `drop_totals` | `pigeonhole-store v3`, u64, u64, u64 records ‖ u64 bytes, u64 drops ‖ u64 bytes |
+//! | `meta`     | `format`, `commit`, `last_seq`, `totals`, `drop_totals` | `pigeonhole-store v4`, u64, u64, u64 records ‖ u64 bytes, u64 drops ‖ u64 bytes |
+//!
+//! A pair id is the first 16 bytes of a tagged SHA-256 of owner ‖ receiver (`codec::pair_id`):
+//! the two indexes of an outbox are keyed by it rather than by both 32-byte keys, as they are
+//! what compaction rewrites. Every reader of them confirms the pair against the record it
+//! loads, so two pairs with one id (not expected before some 2^64 pairs) cannot see each
+//! other's records: a walk skips the other pair's, a lookup answers "not found", and a write to
+//! a record id that another pair's live record holds under the shared id is a conflict.
 //!
 //! Records and drops are keyed by their sequence number (one counter for both), so new ones
 //! append to the end of their keyspace; reads are counted in `pulls` so that a read does not
@@ -59,10 +66,15 @@
 //! `meta/format` names the layout. v2 added the drop keyspaces and `meta/drop_totals`; a v1
 //! store is a v2 store without drops. v3 dropped the `receiver` index (receiver ‖ seq), which
 //! no endpoint read and every record paid for (an entry written, flushed and compacted): a v2
-//! store is a v3 store with that keyspace. Opening a v1 or v2 store upgrades it in place: the
-//! `receiver` keyspace is deleted if present, then the marker (and, from v1, the zero drop
-//! totals, whose keyspaces must be empty) is written in one durable batch; an upgrade cut
-//! short is finished by the next open. Any other version is refused.
+//! store is a v3 store with that keyspace. v4 keys the path and outbox indexes by pair id
+//! (`pair_paths`, `pair_outbox`) instead of owner ‖ receiver (`paths`, `outbox`). Opening a
+//! v1, v2 or v3 store upgrades it in place: every entry of `paths` and `outbox` is rewritten
+//! under its pair id (unsynced batches, then the new keyspaces flushed to tables), then the
+//! marker (and, from v1, the zero drop totals, whose keyspaces must be empty) is written in one
+//! durable batch, which also syncs the rewrite; only then are the old keyspaces (`receiver`,
+//! `paths`, `outbox`) deleted. An upgrade cut short before the marker is redone by the next
+//! open (the rewrite is idempotent), one cut short after it has its old keyspaces deleted.
+//! Any other version is refused, and a build from before a version refuses it.
 //!
 //! # Durability and the commit witness
 //!
@@ -104,8 +116,9 @@ use crate::codec::{
     check_new_record, corrupted, decode_account, decode_drop, decode_drop_prefix, decode_pulls,
     decode_record, decode_usage, decode_usage_counters, drop_prefix_bucket, drop_prefix_key,
     drop_prefix_value, drop_value_tag, encode_account, encode_drop, encode_record, encode_usage,
-    encode_usage_counters, expiry_key, issuance_key, outbox_key, outbox_prefix, path_key, seq_key,
-    seq_suffix, stamp_key, tag_key, usage_key, usage_key_read_at,
+    encode_usage_counters, expiry_key, issuance_key, outbox_key, outbox_prefix, pair_id, pair_outbox_key,
+    pair_path_key, path_key, seq_key, seq_suffix, split_v3_pair_key, stamp_key, tag_key, usage_key,
+    usage_key_read_at,
 };
 use crate::{
     Account, DropOutcome, KeyspaceStats, ListQuery, MAX_READ_BATCH, NewDrop, NewRecord, PageRead, PutOutcome,
@@ -114,15 +127,24 @@ use crate::{
 };
 
 /// The format marker stored under `meta/format`.
-pub(crate) const FORMAT: &str = "pigeonhole-store v3";
+pub(crate) const FORMAT: &str = "pigeonhole-store v4";
 const FORMAT_PREFIX: &str = "pigeonhole-store v";
-const FORMAT_VERSION: u64 = 3;
-/// The version before drops: upgraded in place on open (see the module documentation).
-const FORMAT_V1: &str = "pigeonhole-store v1";
-/// The version with the `receiver` index: upgraded in place on open.
-const FORMAT_V2: &str = "pigeonhole-store v2";
-/// The keyspace of the receiver index, which v1 and v2 stores have and v3 deletes.
+const FORMAT_VERSION: u64 = 4;
+/// The earlier versions, upgraded in place on open (see the module documentation): v1 had
+/// no drops, v2 a `receiver` index, v3 kept `paths` and `outbox` keyed by both public keys.
+const OLDER_FORMATS: [(&str, u64); 3] =
+    [("pigeonhole-store v1", 1), ("pigeonhole-store v2", 2), ("pigeonhole-store v3", 3)];
+/// The keyspace of the receiver index, which v1 and v2 stores have and v3 deleted.
 const LEGACY_RECEIVER_KEYSPACE: &str = "receiver";
+/// The v3 (and earlier) path and outbox indexes, keyed owner ‖ receiver: rewritten keyed by
+/// pair id into `pair_paths` and `pair_outbox` on upgrade, then deleted.
+const LEGACY_PATHS_KEYSPACE: &str = "paths";
+const LEGACY_OUTBOX_KEYSPACE: &str = "outbox";
+/// Keyspaces of older formats that an upgrade deletes once the new marker is durable.
+const LEGACY_KEYSPACE_NAMES: [&str; 3] =
+    [LEGACY_RECEIVER_KEYSPACE, LEGACY_PATHS_KEYSPACE, LEGACY_OUTBOX_KEYSPACE];
+/// Index entries rewritten per (unsynced) batch of the v4 upgrade.
+const UPGRADE_BATCH: usize = 16_384;
 
 const FORMAT_KEY: &[u8] = b"format";
 const COMMIT_KEY: &[u8] = b"commit";
@@ -138,8 +160,8 @@ const FJALL_MARKER: &str = "version";
 
 const KEYSPACE_NAMES: [&str; 16] = [
     "records",
-    "paths",
-    "outbox",
+    "pair_paths",
+    "pair_outbox",
     "expiry",
     "tags",
     "pulls",
@@ -243,8 +265,8 @@ impl Keyspaces {
         let open_separated = |name: &str| db.keyspace(name, separated).map_err(fjall_error);
         Ok(Self {
             records: open_separated("records")?,
-            paths: open("paths")?,
-            outbox: open("outbox")?,
+            paths: open("pair_paths")?,
+            outbox: open("pair_outbox")?,
             expiry: open("expiry")?,
             tags: open("tags")?,
             pulls: open("pulls")?,
@@ -264,8 +286,8 @@ impl Keyspaces {
     fn all(&self) -> [(&'static str, &Keyspace); 16] {
         [
             ("records", &self.records),
-            ("paths", &self.paths),
-            ("outbox", &self.outbox),
+            ("pair_paths", &self.paths),
+            ("pair_outbox", &self.outbox),
             ("expiry", &self.expiry),
             ("tags", &self.tags),
             ("pulls", &self.pulls),
@@ -287,12 +309,12 @@ impl Keyspaces {
 /// it returns.
 ///
 /// Layout (one keyspace per table, big-endian integers in keys): `records` seq → record;
-/// `paths` owner‖receiver‖id → seq; `outbox` owner‖receiver‖seq;
+/// `pair_paths` pair‖id → seq; `pair_outbox` pair‖seq (pair: a 16-byte hash of owner‖receiver);
 /// `expiry` expires_at‖seq; `tags` tag‖seq; `pulls` seq → reads; `usage`
 /// owner‖read_at‖commit → read; `accounts`; `owners` owner → records‖bytes; `drops` seq →
 /// drop; `drop_prefix` g‖masked head‖seq; `drop_expiry` expires_at‖seq; `stamps` epoch‖id;
 /// `drop_buckets` bucket → live drops; `issuance` account‖day → issued; `meta` (format
-/// `pigeonhole-store v3`, commit counter, last seq, totals, drop totals; v1 and v2 stores are
+/// `pigeonhole-store v4`, commit counter, last seq, totals, drop totals; v1 to v3 stores are
 /// upgraded in place on open).
 ///
 /// Every write (`put_batch`, `put_drops`, `read`, `delete`, `expire`, `expire_drops`,
@@ -843,7 +865,7 @@ impl FjallStore {
 
         let names = db.list_keyspace_names();
         if let Some(name) =
-            names.iter().find(|n| !KEYSPACE_NAMES.contains(&&***n) && &***n != LEGACY_RECEIVER_KEYSPACE)
+            names.iter().find(|n| !KEYSPACE_NAMES.contains(&&***n) && !LEGACY_KEYSPACE_NAMES.contains(&&***n))
         {
             return Err(StoreError::Corrupted(format!(
                 "{} is not a Pigeonhole store: it has a keyspace {:?}",
@@ -852,12 +874,13 @@ impl FjallStore {
             )));
         }
         let ks = Keyspaces::open(&db, config.memtable_bytes.max(1024 * 1024))?;
-        // The receiver index that v1 and v2 stores kept, deleted below.
-        let legacy_receiver = if names.iter().any(|n| &**n == LEGACY_RECEIVER_KEYSPACE) {
-            Some(db.keyspace(LEGACY_RECEIVER_KEYSPACE, KeyspaceCreateOptions::default).map_err(fjall_error)?)
-        } else {
-            None
-        };
+        // Indexes of older formats, deleted below (after the v3 ones are rewritten).
+        let mut legacy = Vec::new();
+        for name in LEGACY_KEYSPACE_NAMES {
+            if names.iter().any(|n| &**n == name) {
+                legacy.push((name, db.keyspace(name, KeyspaceCreateOptions::default).map_err(fjall_error)?));
+            }
+        }
         let snap = db.snapshot();
 
         let format = snap.get(&ks.meta, FORMAT_KEY).map_err(fjall_error)?;
@@ -898,17 +921,27 @@ impl FjallStore {
                         }
                     }
                 }
-                if let Some(keyspace) = legacy_receiver {
-                    // An upgrade cut short after the marker may have left it too.
-                    db.delete_keyspace(keyspace).map_err(fjall_error)?;
-                }
                 if version < FORMAT_VERSION {
+                    // Partly done by an upgrade cut short: the rewrite is idempotent.
+                    let legacy_index = |name| legacy.iter().find(|(n, _)| *n == name).map(|(_, k)| k);
+                    if let Some(paths) = legacy_index(LEGACY_PATHS_KEYSPACE) {
+                        rekey_paths(&db, paths, &ks.paths)?;
+                    }
+                    if let Some(outbox) = legacy_index(LEGACY_OUTBOX_KEYSPACE) {
+                        rekey_outbox(&db, outbox, &ks.outbox)?;
+                    }
+                    // Also makes the rewrite's unsynced batches durable (one journal, synced
+                    // in order).
                     let mut batch = db.batch().durability(Some(DURABLE));
                     batch.insert(&ks.meta, FORMAT_KEY, FORMAT);
                     if version == 1 {
                         batch.insert(&ks.meta, DROP_TOTALS_KEY, encode_usage_counters(Usage::default()));
                     }
                     batch.commit().map_err(fjall_error)?;
+                }
+                // With the marker durable; an upgrade cut short after it may have left some.
+                for (_, keyspace) in legacy.drain(..) {
+                    db.delete_keyspace(keyspace).map_err(fjall_error)?;
                 }
                 commit
             }
@@ -930,12 +963,11 @@ impl FjallStore {
                         )));
                     }
                 }
-                if let Some(keyspace) = legacy_receiver {
-                    // An older build's creation cut short left its (empty) receiver index.
+                for (name, keyspace) in legacy.drain(..) {
+                    // An older build's creation cut short left its (empty) indexes.
                     if keyspace.first_key_value().is_some() {
                         return Err(StoreError::Corrupted(format!(
-                            "{} is not a Pigeonhole store: no format marker, but keyspace \
-                             `{LEGACY_RECEIVER_KEYSPACE}` has data",
+                            "{} is not a Pigeonhole store: no format marker, but keyspace `{name}` has data",
                             dir.display()
                         )));
                     }
@@ -1072,7 +1104,9 @@ impl FjallStore {
 
     /// Walks an index whose keys end in a sequence number, from `start` to `end` inclusive,
     /// loading each record; keeps records live at `now` that pass `keep`, at most `limit`.
-    /// `belongs` checks that the record is the one the index entry names.
+    /// `belongs` checks the record against the walk's index entry: `Ok(false)` skips it (another
+    /// pair's record under the same pair id), an error reports an entry that names another
+    /// record.
     #[allow(clippy::too_many_arguments)]
     fn walk<T>(
         &self,
@@ -1081,7 +1115,7 @@ impl FjallStore {
         (start, end): (Vec<u8>, Vec<u8>),
         now: u64,
         limit: usize,
-        belongs: impl Fn(&StoredMeta) -> bool,
+        belongs: impl Fn(&StoredMeta) -> Result<bool, ()>,
         keep: impl Fn(&StoredMeta) -> bool,
         mut make: impl FnMut(u64, StoredMeta, u32, &[u8]) -> T,
     ) -> Result<Vec<T>, StoreError> {
@@ -1096,8 +1130,10 @@ impl FjallStore {
             let seq = seq_suffix(&key, name)?;
             let value = records.load(seq)?;
             let (meta, bytes) = decode_record(&value)?;
-            if !belongs(&meta) {
-                return Err(corrupted(name, format_args!("entry for seq {seq} names another record")));
+            let belongs = belongs(&meta)
+                .map_err(|()| corrupted(name, format_args!("entry for seq {seq} names another record")))?;
+            if !belongs {
+                continue;
             }
             if meta.expires_at <= now || !keep(&meta) {
                 continue;
@@ -1338,8 +1374,70 @@ impl FjallStore {
             .get(&self.ks.records, seq_key(seq))
             .map_err(fjall_error)?
             .ok_or_else(|| corrupted("paths", format_args!("entry for seq {seq} has no record")))?;
-        Ok(Some((seq, value)))
+        let (meta, _) = decode_record(&value)?;
+        match of_pair(&meta, owner, receiver) {
+            Ok(true) => Ok(Some((seq, value))),
+            // Another pair's record at the same pair id and record id: not this path's.
+            Ok(false) => Ok(None),
+            Err(()) => Err(corrupted("paths", format_args!("entry for seq {seq} names another record"))),
+        }
     }
+}
+
+/// Whether a record found through an entry of `owner → receiver`'s pair id in `paths` or
+/// `outbox` is that pair's: `Ok(false)` for another pair whose id is the same (the entry is
+/// not this pair's), `Err(())` for a record whose pair has another id (a damaged index).
+fn of_pair(meta: &StoredMeta, owner: &PublicKey, receiver: &PublicKey) -> Result<bool, ()> {
+    if meta.owner == *owner && meta.receiver == *receiver {
+        Ok(true)
+    } else if pair_id(&meta.owner, &meta.receiver) == pair_id(owner, receiver) {
+        Ok(false)
+    } else {
+        Err(())
+    }
+}
+
+/// Rewrites the v3 `paths` index (owner ‖ receiver ‖ record id → seq) into `pair_paths` (pair
+/// id ‖ record id → seq), in unsynced batches that the upgrade's durable marker then syncs.
+fn rekey_paths(db: &Database, legacy: &Keyspace, paths: &Keyspace) -> Result<(), StoreError> {
+    rekey(db, legacy, paths, |key| {
+        let (pair, record_id) = split_v3_pair_key(key, LEGACY_PATHS_KEYSPACE)?;
+        Ok(pair_path_key(&pair, record_id))
+    })
+}
+
+/// Rewrites the v3 `outbox` index (owner ‖ receiver ‖ seq) into `pair_outbox` (pair id ‖ seq).
+fn rekey_outbox(db: &Database, legacy: &Keyspace, outbox: &Keyspace) -> Result<(), StoreError> {
+    rekey(db, legacy, outbox, |key| {
+        let (pair, seq) = split_v3_pair_key(key, LEGACY_OUTBOX_KEYSPACE)?;
+        Ok(pair_outbox_key(&pair, be_u64(seq, LEGACY_OUTBOX_KEYSPACE)?).to_vec())
+    })
+}
+
+fn rekey(
+    db: &Database,
+    from: &Keyspace,
+    to: &Keyspace,
+    new_key: impl Fn(&[u8]) -> Result<Vec<u8>, StoreError>,
+) -> Result<(), StoreError> {
+    let mut batch = db.batch().durability(Some(PersistMode::Buffer));
+    let mut pending = 0usize;
+    for guard in from.iter() {
+        let (key, value) = guard.into_inner().map_err(fjall_error)?;
+        batch.insert(to, new_key(&key)?, value);
+        pending += 1;
+        if pending == UPGRADE_BATCH {
+            batch.commit().map_err(fjall_error)?;
+            batch = db.batch().durability(Some(PersistMode::Buffer));
+            pending = 0;
+        }
+    }
+    if pending > 0 {
+        batch.commit().map_err(fjall_error)?;
+    }
+    // Flushed to tables now, so that the next opens do not replay the rewrite from the journal
+    // (seconds on a store of a million records).
+    to.rotate_memtable_and_wait().map_err(fjall_error)
 }
 
 /// Checks the format marker: `Ok(false)` for the current format, `Ok(true)` for v1 (to be
@@ -1349,16 +1447,13 @@ fn check_format(format: &[u8], dir: &Path) -> Result<u64, StoreError> {
     if format == FORMAT.as_bytes() {
         return Ok(FORMAT_VERSION);
     }
-    if format == FORMAT_V2.as_bytes() {
-        return Ok(2);
-    }
-    if format == FORMAT_V1.as_bytes() {
-        return Ok(1);
+    if let Some(&(_, version)) = OLDER_FORMATS.iter().find(|(marker, _)| format == marker.as_bytes()) {
+        return Ok(version);
     }
     let text = String::from_utf8_lossy(format);
     if let Some(version) = text.strip_prefix(FORMAT_PREFIX).and_then(|v| v.parse::<u64>().ok()) {
         return Err(StoreError::Corrupted(format!(
-            "{} holds a store of format v{version}; this build reads v1 and v2 (upgrading them) \
+            "{} holds a store of format v{version}; this build reads v1 to v3 (upgrading them) \
              and v{FORMAT_VERSION}",
             dir.display()
         )));
@@ -1408,8 +1503,13 @@ impl Store for FjallStore {
                     .record(seq)?
                     .ok_or_else(|| corrupted("paths", format_args!("entry for seq {seq} has no record")))?;
                 let (existing, _) = decode_record(&value)?;
+                let same_pair = of_pair(&existing, &record.owner, &record.receiver).map_err(|()| {
+                    corrupted("paths", format_args!("entry for seq {seq} names another record"))
+                })?;
                 if existing.expires_at > record.stored_at {
-                    outcomes.push(if existing.record_hash == record.record_hash {
+                    // A live record of another pair under the same pair id holds the key: a
+                    // conflict, so the writer picks another record id.
+                    outcomes.push(if same_pair && existing.record_hash == record.record_hash {
                         PutOutcome::Duplicate {
                             seq,
                             stored_at: existing.stored_at,
@@ -1460,7 +1560,7 @@ impl Store for FjallStore {
             seq_range(&outbox_prefix(&query.owner, &query.receiver), from),
             now,
             query.limit,
-            |m| m.owner == query.owner && m.receiver == query.receiver,
+            |m| of_pair(m, &query.owner, &query.receiver),
             |m| {
                 query.after_ts.is_none_or(|ts| m.stored_at > ts)
                     && query.before_ts.is_none_or(|ts| m.stored_at < ts)
@@ -1485,7 +1585,7 @@ impl Store for FjallStore {
             seq_range(&outbox_prefix(owner, receiver), from),
             now,
             limit,
-            |m| m.owner == *owner && m.receiver == *receiver,
+            |m| of_pair(m, owner, receiver),
             |_| true,
             |seq, meta, pulls, bytes| StoredRecord {
                 meta: meta.into_meta(seq, pulls),
@@ -1509,7 +1609,7 @@ impl Store for FjallStore {
             seq_range(&tag.0, from),
             now,
             limit,
-            |m| m.tag.as_ref() == Some(tag),
+            |m| if m.tag.as_ref() == Some(tag) { Ok(true) } else { Err(()) },
             |_| true,
             |seq, meta, pulls, _| meta.into_meta(seq, pulls),
         )
@@ -1591,11 +1691,15 @@ impl Store for FjallStore {
                 }
                 let value = records.load(seq)?;
                 let (meta, bytes) = decode_record(&value)?;
-                if meta.owner != page.owner || meta.receiver != page.receiver {
-                    return Err(corrupted(
-                        "outbox",
-                        format_args!("entry for seq {seq} names another record"),
-                    ));
+                match of_pair(&meta, &page.owner, &page.receiver) {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(()) => {
+                        return Err(corrupted(
+                            "outbox",
+                            format_args!("entry for seq {seq} names another record"),
+                        ));
+                    }
                 }
                 if meta.expires_at <= now {
                     continue;
@@ -1927,7 +2031,7 @@ fn head_tag(head: u32) -> Tag {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::receiver_key;
+    use crate::codec::{NARROW_PAIR_IDS, receiver_key};
     use pigeonhole_proto::keys::SecretKey;
 
     #[test]
@@ -2234,8 +2338,9 @@ mod tests {
         // What a v1 build left: its marker, no drop totals, no drop keyspaces.
         with_raw_db(dir.path(), |db| {
             let meta = db.keyspace("meta", KeyspaceCreateOptions::default).expect("meta");
-            meta.insert(FORMAT_KEY, FORMAT_V1).expect("insert");
+            meta.insert(FORMAT_KEY, OLDER_FORMATS[0].0).expect("insert");
             meta.remove(DROP_TOTALS_KEY).expect("remove");
+            v3_indexes(db, usize::MAX);
             for name in DROP_KEYSPACE_NAMES {
                 let keyspace = db.keyspace(name, KeyspaceCreateOptions::default).expect("ks");
                 db.delete_keyspace(keyspace).expect("delete keyspace");
@@ -2257,7 +2362,7 @@ mod tests {
         // A v1 marker over drop data is not a v1 store.
         with_raw_db(dir.path(), |db| {
             let meta = db.keyspace("meta", KeyspaceCreateOptions::default).expect("meta");
-            meta.insert(FORMAT_KEY, FORMAT_V1).expect("insert");
+            meta.insert(FORMAT_KEY, OLDER_FORMATS[0].0).expect("insert");
         });
         assert_corrupted(FjallStore::open(dir.path()), "added in v2");
     }
@@ -2270,7 +2375,8 @@ mod tests {
         let seqs: Vec<u64> = (1..=records.len() as u64).collect();
         with_raw_db(dir.path(), |db| {
             let meta = db.keyspace("meta", KeyspaceCreateOptions::default).expect("meta");
-            meta.insert(FORMAT_KEY, FORMAT_V2).expect("insert");
+            meta.insert(FORMAT_KEY, OLDER_FORMATS[1].0).expect("insert");
+            v3_indexes(db, usize::MAX);
             let receiver = db.keyspace(LEGACY_RECEIVER_KEYSPACE, KeyspaceCreateOptions::default).expect("ks");
             for (record, seq) in records.iter().zip(&seqs) {
                 receiver.insert(receiver_key(&record.receiver, *seq), []).expect("insert");
@@ -2294,6 +2400,161 @@ mod tests {
         let store = FjallStore::open(dir.path()).expect("reopen");
         assert!(!store.db.list_keyspace_names().iter().any(|n| &**n == LEGACY_RECEIVER_KEYSPACE));
         store.verify().expect("verify");
+    }
+
+    /// Gives a store the v3 indexes (`paths` and `outbox` keyed by owner ‖ receiver, built from
+    /// its records) and deletes its v4 ones, except for the first `keep` entries of each (what
+    /// an upgrade cut short may have written).
+    fn v3_indexes(db: &Database, keep: usize) {
+        let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).expect("ks");
+        let (records, paths, outbox) = (ks("records"), ks(LEGACY_PATHS_KEYSPACE), ks(LEGACY_OUTBOX_KEYSPACE));
+        for guard in records.iter() {
+            let (key, value) = guard.into_inner().expect("entry");
+            let (meta, _) = decode_record(&value).expect("record");
+            let (owner, receiver) = (meta.owner.to_bytes(), meta.receiver.to_bytes());
+            paths.insert([&owner[..], &receiver, meta.record_id.as_bytes()].concat(), &*key).expect("insert");
+            outbox.insert([&owner[..], &receiver, &key].concat(), []).expect("insert");
+        }
+        for name in ["pair_paths", "pair_outbox"] {
+            let keyspace = ks(name);
+            let doomed: Vec<_> = keyspace.iter().skip(keep).map(|g| g.key().expect("key")).collect();
+            for key in doomed {
+                keyspace.remove(key).expect("remove");
+            }
+        }
+    }
+
+    /// What every record's indexes say, for comparing a store before and after an upgrade.
+    fn index_view(store: &FjallStore, records: &[NewRecord]) -> Vec<(Option<u64>, Vec<u64>)> {
+        records
+            .iter()
+            .map(|r| {
+                let got = store.get(&r.owner, &r.receiver, &r.record_id, 0).expect("get");
+                let query = ListQuery {
+                    owner: r.owner,
+                    receiver: r.receiver,
+                    after_seq: 0,
+                    after_ts: None,
+                    before_ts: None,
+                    limit: 1000,
+                };
+                let listed = store.list(&query, 0).expect("list").iter().map(|m| m.seq).collect();
+                (got.map(|g| g.meta.seq), listed)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn upgrades_a_v3_store_in_place_keying_its_indexes_by_pair() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (records, before) = {
+            let store = FjallStore::open(dir.path()).expect("create");
+            let records = fill(&store, 3, 40, 50);
+            let view = index_view(&store, &records);
+            (records, view)
+        };
+        for (case, keep) in [("from scratch", 0), ("cut short before the marker", 25)] {
+            with_raw_db(dir.path(), |db| {
+                db.keyspace("meta", KeyspaceCreateOptions::default)
+                    .expect("meta")
+                    .insert(FORMAT_KEY, OLDER_FORMATS[2].0)
+                    .expect("insert");
+                v3_indexes(db, keep);
+            });
+            let store = FjallStore::open(dir.path()).expect("a v3 store opens");
+            assert_eq!(store.ks.meta.get(FORMAT_KEY).expect("get").as_deref(), Some(FORMAT.as_bytes()));
+            let names = store.db.list_keyspace_names();
+            assert!(!names.iter().any(|n| LEGACY_KEYSPACE_NAMES.contains(&&**n)), "{case}: {names:?}");
+            assert_eq!(store.verify().expect("verify").records, records.len() as u64, "{case}");
+            assert_eq!(index_view(&store, &records), before, "{case}");
+        }
+        // Cut short after the marker: the old indexes are deleted by the next open.
+        with_raw_db(dir.path(), |db| v3_indexes(db, usize::MAX));
+        assert_eq!(
+            FjallStore::open(dir.path()).expect("v4 with v3 leftovers").verify().expect("verify").records,
+            records.len() as u64
+        );
+        drop_store_and_reopen(FjallStore::open(dir.path()).expect("reopen"), dir.path(), |store| {
+            assert!(!store.db.list_keyspace_names().iter().any(|n| LEGACY_KEYSPACE_NAMES.contains(&&**n)));
+            assert_eq!(index_view(store, &records), before);
+        });
+        // A damaged v3 key is reported, not upgraded around.
+        with_raw_db(dir.path(), |db| {
+            db.keyspace("meta", KeyspaceCreateOptions::default)
+                .expect("meta")
+                .insert(FORMAT_KEY, OLDER_FORMATS[2].0)
+                .expect("insert");
+            v3_indexes(db, usize::MAX);
+            db.keyspace(LEGACY_OUTBOX_KEYSPACE, KeyspaceCreateOptions::default)
+                .expect("ks")
+                .insert([7u8; 10], [])
+                .expect("insert");
+        });
+        assert_corrupted(FjallStore::open(dir.path()), "too short");
+    }
+
+    #[test]
+    fn pairs_that_share_an_id_keep_their_records_apart() {
+        NARROW_PAIR_IDS.with(|narrow| narrow.set(true));
+        let store = FjallStore::temporary().expect("store");
+        let pairs: Vec<(PublicKey, PublicKey)> =
+            (1..=3).flat_map(|o| (101..=103).map(move |r| (key(o), key(r)))).collect();
+        let write = |p: usize, id: &str, expires_at: u64, stored_at: u64| {
+            let mut r = record(1, id, 40);
+            (r.owner, r.receiver, r.stored_at, r.expires_at) =
+                (pairs[p].0, pairs[p].1, stored_at, expires_at);
+            r.record_hash = [p as u8; 32];
+            r
+        };
+        // Every pair shares its id with others (one bit of id): each must still see only its own.
+        for round in 0..4 {
+            let batch: Vec<_> =
+                (0..pairs.len()).map(|p| write(p, &format!("p{p}-{round}"), u64::MAX, 1)).collect();
+            assert!(
+                store.put_batch(&batch).expect("put").iter().all(|o| matches!(o, PutOutcome::Stored { .. }))
+            );
+        }
+        for (p, (owner, receiver)) in pairs.iter().enumerate() {
+            let query = ListQuery {
+                owner: *owner,
+                receiver: *receiver,
+                after_seq: 0,
+                after_ts: None,
+                before_ts: None,
+                limit: 100,
+            };
+            let listed = store.list(&query, 0).expect("list");
+            let ids: Vec<_> = listed.iter().map(|m| m.record_id.clone()).collect();
+            assert_eq!(ids, (0..4).map(|round| format!("p{p}-{round}")).collect::<Vec<_>>());
+            let fetched = store.fetch_after(owner, receiver, 0, 100, 0).expect("fetch");
+            assert!(fetched.iter().all(|r| r.meta.owner == *owner && r.meta.receiver == *receiver));
+            assert_eq!(fetched.len(), 4);
+            assert!(store.get(owner, receiver, &format!("p{p}-0"), 0).expect("get").is_some());
+            let other = (p + 1) % pairs.len();
+            assert!(store.get(owner, receiver, &format!("p{other}-0"), 0).expect("get").is_none());
+        }
+        // Two pairs with one id and one record id: the live record holds the key, the other
+        // pair's write is a conflict, and once the first has expired the path is free again.
+        let same = |a: usize| {
+            (0..pairs.len())
+                .find(|&b| b != a && pair_id(&pairs[b].0, &pairs[b].1) == pair_id(&pairs[a].0, &pairs[a].1))
+        };
+        let (a, b) = (0..pairs.len()).find_map(|a| same(a).map(|b| (a, b))).expect("ids collide");
+        assert!(matches!(
+            store.put_batch(&[write(a, "shared", 10, 1)]).expect("put")[0],
+            PutOutcome::Stored { .. }
+        ));
+        assert_eq!(store.put_batch(&[write(b, "shared", 100, 5)]).expect("put")[0], PutOutcome::Conflict);
+        assert!(store.get(&pairs[b].0, &pairs[b].1, "shared", 5).expect("get").is_none());
+        assert!(!store.delete(&pairs[b].0, &pairs[b].1, "shared").expect("delete"), "not b's to delete");
+        assert!(matches!(
+            store.put_batch(&[write(b, "shared", 100, 20)]).expect("put")[0],
+            PutOutcome::Stored { .. }
+        ));
+        assert!(store.get(&pairs[a].0, &pairs[a].1, "shared", 20).expect("get").is_none());
+        assert!(store.get(&pairs[b].0, &pairs[b].1, "shared", 20).expect("get").is_some());
+        store.verify().expect("verify");
+        NARROW_PAIR_IDS.with(|narrow| narrow.set(false));
     }
 
     fn stored_seq(outcome: &PutOutcome) -> u64 {
