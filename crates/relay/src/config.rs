@@ -445,6 +445,6 @@ mod tests {
         }
         let ok = RelayConfig::from_toml("[storage]\ncache_mib = 256\nworkers = 2\n", path).expect("ok");
         let fjall = ok.storage.fjall();
-        assert_eq!((fjall.cache_bytes, fjall.journal_bytes, fjall.worker_threads), (256 << 20, 64 << 20, 2));
+        assert_eq!((fjall.cache_bytes, fjall.journal_bytes, fjall.worker_threads), (256 << 20, 128 << 20, 2));
     }
 }

@@ -197,7 +197,11 @@ pub struct FjallConfig {
     pub worker_threads: usize,
     /// Most bytes of journal kept before the oldest memtables are flushed to disk: a bound on
     /// the memory all memtables can hold together, and on what a restart replays. At least
-    /// 64 MiB (the storage engine's minimum).
+    /// 64 MiB (the storage engine's minimum). The default, 128 MiB, is what sets how often the
+    /// small-entry indexes are flushed: their memtables fill far slower than the journal, so
+    /// journal pressure flushes them, and each flushed table is merged into all of level 1
+    /// (their keys are random). At 64 MiB, compaction took 56–65 µs per write on 10 M records,
+    /// at 128 MiB 41–42 µs (README, "What changed").
     pub journal_bytes: u64,
     /// Most bytes of one keyspace's memtable before it is flushed (applies to keyspaces this
     /// store creates; existing ones keep the size they were created with).
@@ -213,7 +217,7 @@ impl Default for FjallConfig {
         Self {
             cache_bytes: 64 * 1024 * 1024,
             worker_threads: 0,
-            journal_bytes: 64 * 1024 * 1024,
+            journal_bytes: 128 * 1024 * 1024,
             memtable_bytes: 8 * 1024 * 1024,
             verify_on_open: false,
             temporary: false,
