@@ -163,14 +163,11 @@ pub(crate) fn split_v3_pair_key<'a>(
     key: &'a [u8],
     keyspace: &'static str,
 ) -> Result<([u8; PAIR_LEN], &'a [u8]), StoreError> {
-    match (key.get(..KEY_LEN), key.get(KEY_LEN..2 * KEY_LEN), key.get(2 * KEY_LEN..)) {
-        (Some(owner), Some(receiver), Some(rest)) if !rest.is_empty() => {
-            let (owner, receiver) = (owner.try_into(), receiver.try_into());
-            match (owner, receiver) {
-                (Ok(owner), Ok(receiver)) => Ok((pair_id_of(owner, receiver), rest)),
-                _ => Err(corrupted(keyspace, "v3 key halves")),
-            }
-        }
+    let halves = key.split_first_chunk::<KEY_LEN>().and_then(|(owner, rest)| {
+        rest.split_first_chunk::<KEY_LEN>().map(|(receiver, rest)| (owner, receiver, rest))
+    });
+    match halves {
+        Some((owner, receiver, rest)) if !rest.is_empty() => Ok((pair_id_of(owner, receiver), rest)),
         _ => Err(corrupted(keyspace, format_args!("v3 key of {} bytes is too short", key.len()))),
     }
 }

@@ -72,9 +72,9 @@
 //! under its pair id (runs of 2^18 entries sorted in memory and ingested as tables, past the
 //! journal, so that restarts do not replay the rewrite), then the marker (and, from v1, the
 //! zero drop totals, whose keyspaces must be empty) is written in one durable batch; only then
-//! are the old keyspaces (`receiver`,
-//! `paths`, `outbox`) deleted. An upgrade cut short before the marker is redone by the next
-//! open (the rewrite is idempotent), one cut short after it has its old keyspaces deleted.
+//! are the old keyspaces (`receiver`, `paths`, `outbox`) deleted. An upgrade cut short before
+//! the marker is redone by the next open (the rewrite is idempotent), one cut short after it
+//! has its old keyspaces deleted.
 //! Any other version is refused, and a build from before a version refuses it.
 //!
 //! # Durability and the commit witness
@@ -1143,8 +1143,7 @@ impl FjallStore {
             let seq = seq_suffix(&key, name)?;
             let value = records.load(seq)?;
             let (meta, bytes) = decode_record(&value)?;
-            let belongs = belongs(&meta)
-                .map_err(|()| corrupted(name, format_args!("entry for seq {seq} names another record")))?;
+            let belongs = belongs(&meta).map_err(|()| names_another(name, seq))?;
             if !belongs {
                 continue;
             }
@@ -1392,7 +1391,7 @@ impl FjallStore {
             Ok(true) => Ok(Some((seq, value))),
             // Another pair's record at the same pair id and record id: not this path's.
             Ok(false) => Ok(None),
-            Err(()) => Err(corrupted("paths", format_args!("entry for seq {seq} names another record"))),
+            Err(()) => Err(names_another("paths", seq)),
         }
     }
 }
@@ -1408,6 +1407,12 @@ fn of_pair(meta: &StoredMeta, owner: &PublicKey, receiver: &PublicKey) -> Result
     } else {
         Err(())
     }
+}
+
+/// The `Corrupted` error for an entry of index `keyspace` that points at record `seq` of
+/// another outbox, tag or path.
+fn names_another(keyspace: &str, seq: u64) -> StoreError {
+    corrupted(keyspace, format_args!("entry for seq {seq} names another record"))
 }
 
 /// Rewrites the v3 `paths` index (owner ‖ receiver ‖ record id → seq) into `pair_paths` (pair
@@ -1474,9 +1479,8 @@ fn rekey(
     }
 }
 
-/// Checks the format marker: `Ok(false)` for the current format, `Ok(true)` for v1 (to be
-/// upgraded in place), an error for anything else.
-/// The version of a store this build reads (1 and 2 are upgraded on open), or why not.
+/// The version of a store's format marker if this build reads it (v1 to v3 are upgraded on
+/// open), or why not.
 fn check_format(format: &[u8], dir: &Path) -> Result<u64, StoreError> {
     if format == FORMAT.as_bytes() {
         return Ok(FORMAT_VERSION);
@@ -1537,9 +1541,8 @@ impl Store for FjallStore {
                     .record(seq)?
                     .ok_or_else(|| corrupted("paths", format_args!("entry for seq {seq} has no record")))?;
                 let (existing, _) = decode_record(&value)?;
-                let same_pair = of_pair(&existing, &record.owner, &record.receiver).map_err(|()| {
-                    corrupted("paths", format_args!("entry for seq {seq} names another record"))
-                })?;
+                let same_pair = of_pair(&existing, &record.owner, &record.receiver)
+                    .map_err(|()| names_another("paths", seq))?;
                 if existing.expires_at > record.stored_at {
                     // A live record of another pair under the same pair id holds the key: a
                     // conflict, so the writer picks another record id.
@@ -1728,12 +1731,7 @@ impl Store for FjallStore {
                 match of_pair(&meta, &page.owner, &page.receiver) {
                     Ok(true) => {}
                     Ok(false) => continue,
-                    Err(()) => {
-                        return Err(corrupted(
-                            "outbox",
-                            format_args!("entry for seq {seq} names another record"),
-                        ));
-                    }
+                    Err(()) => return Err(names_another("outbox", seq)),
                 }
                 if meta.expires_at <= now {
                     continue;
