@@ -103,7 +103,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use fjall::config::PinningPolicy;
+use fjall::config::{FilterPolicy, FilterPolicyEntry, PartitioningPolicy, PinningPolicy};
 use fjall::{
     Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, OwnedWriteBatch, PersistMode, Readable,
     Snapshot,
@@ -250,6 +250,57 @@ struct Keyspaces {
     meta: Keyspace,
 }
 
+/// How a keyspace is read, which decides its tables' filters. A keyspace keeps the options it
+/// was created with, so a store made before a change here keeps its old layout (it reads the
+/// same either way); only new keyspaces get the new one.
+///
+/// The engine's default builds one bloom filter per table. Writing a table, it holds a hash of
+/// every key until the table is done: a 64 MiB table of small index entries holds millions of
+/// keys, so each compaction buffered tens of megabytes of hashes (32 MB in one, and its
+/// growth copied it), two compactions at a time. A heap profile of the first ingest on a fresh
+/// 10 M-record store caught it at over a quarter of the live heap at its peak, which was the
+/// resident-memory target's thin margin. Filters cut into 4 KiB partitions bound that buffer to
+/// one partition, and are cached a partition at a time rather than whole.
+#[derive(Clone, Copy)]
+enum Role {
+    /// Sealed envelopes, kept apart in blob files and found by sequence number through an
+    /// index entry, so a lookup always finds its key: the last level, which holds most keys,
+    /// builds no filter; the levels above build partitioned ones below level 0.
+    Envelopes,
+    /// Large keyspaces that point lookups often miss (a new record's path, a record never
+    /// read, a stamp never spent): partitioned filters below level 0.
+    Lookups,
+    /// Only ever walked in key order (outboxes, expiries, tags, drops by prefix): a filter
+    /// answers point lookups only, so none is built.
+    Walks,
+    /// Small keyspaces read on every request (accounts, usage): the engine's default, one
+    /// filter per table, a few kilobytes.
+    Small,
+}
+
+impl Role {
+    fn options(self, base: KeyspaceCreateOptions) -> KeyspaceCreateOptions {
+        // Level 0 holds flushed memtables (8 MiB by default, a few hundred thousand keys at
+        // most): one whole filter each, the cheapest to consult, and these are the tables every
+        // lookup consults. Compaction writes the levels below in 64 MiB tables: partitioned.
+        let partitioned = |options: KeyspaceCreateOptions| {
+            options.filter_block_partitioning_policy(PartitioningPolicy::new([false, true]))
+        };
+        match self {
+            // Records and drops carry the sealed envelopes (about a kilobyte and more): kept
+            // apart from the keys in blob files, compaction moves small pointers instead of
+            // rewriting every envelope at each level, which is what bounds write throughput on
+            // a large store. (Stores made before this keep their envelopes inline.)
+            Self::Envelopes => partitioned(base)
+                .expect_point_read_hits(true)
+                .with_kv_separation(Some(KvSeparationOptions::default())),
+            Self::Lookups => partitioned(base),
+            Self::Walks => base.filter_policy(FilterPolicy::all(FilterPolicyEntry::None)),
+            Self::Small => base,
+        }
+    }
+}
+
 impl Keyspaces {
     fn open(db: &Database, memtable_bytes: u64) -> Result<Self, StoreError> {
         // No filter or index block is pinned in memory: they live in the block cache like any
@@ -259,38 +310,30 @@ impl Keyspaces {
         // keyspaces whose keys grow with time (sequence numbers, expiries, one receiver's
         // records) have every table moved that way. A heap profile of a 10-minute soak had them
         // at 30 MB and growing with every record written.
-        let options = || {
+        let base = || {
             KeyspaceCreateOptions::default()
                 .max_memtable_size(memtable_bytes)
                 .filter_block_pinning_policy(PinningPolicy::all(false))
                 .index_block_pinning_policy(PinningPolicy::all(false))
         };
-        let open = |name: &str| db.keyspace(name, options).map_err(fjall_error);
-        // Records and drops carry the sealed envelopes (about a kilobyte and more): kept apart
-        // from the keys in blob files, compaction moves small pointers instead of rewriting every
-        // envelope at each level, which is what bounds write throughput on a large store.
-        // (A keyspace keeps the options it was created with: stores made before this keep
-        // their envelopes inline, and the engine's default pinning, whose pins on moved tables
-        // only a restart releases.)
-        let separated = || options().with_kv_separation(Some(KvSeparationOptions::default()));
-        let open_separated = |name: &str| db.keyspace(name, separated).map_err(fjall_error);
+        let open = |name: &str, role: Role| db.keyspace(name, || role.options(base())).map_err(fjall_error);
         Ok(Self {
-            records: open_separated("records")?,
-            paths: open("pair_paths")?,
-            outbox: open("pair_outbox")?,
-            expiry: open("expiry")?,
-            tags: open("tags")?,
-            pulls: open("pulls")?,
-            usage: open("usage")?,
-            accounts: open("accounts")?,
-            owners: open("owners")?,
-            drops: open_separated("drops")?,
-            drop_prefix: open("drop_prefix")?,
-            drop_expiry: open("drop_expiry")?,
-            stamps: open("stamps")?,
-            drop_buckets: open("drop_buckets")?,
-            issuance: open("issuance")?,
-            meta: open("meta")?,
+            records: open("records", Role::Envelopes)?,
+            paths: open("pair_paths", Role::Lookups)?,
+            outbox: open("pair_outbox", Role::Walks)?,
+            expiry: open("expiry", Role::Walks)?,
+            tags: open("tags", Role::Walks)?,
+            pulls: open("pulls", Role::Lookups)?,
+            usage: open("usage", Role::Small)?,
+            accounts: open("accounts", Role::Small)?,
+            owners: open("owners", Role::Small)?,
+            drops: open("drops", Role::Envelopes)?,
+            drop_prefix: open("drop_prefix", Role::Walks)?,
+            drop_expiry: open("drop_expiry", Role::Walks)?,
+            stamps: open("stamps", Role::Lookups)?,
+            drop_buckets: open("drop_buckets", Role::Small)?,
+            issuance: open("issuance", Role::Small)?,
+            meta: open("meta", Role::Small)?,
         })
     }
 
@@ -2306,6 +2349,57 @@ mod tests {
             records.tables >= 1 && records.l0_tables <= records.tables && records.blob_files >= 1,
             "{records:?}"
         );
+    }
+
+    /// Each keyspace's tables carry the filters of its role, in level 0 and in the last level
+    /// after a full compaction, and every lookup answers the same through them.
+    #[test]
+    fn filters_follow_how_each_keyspace_is_read() {
+        use fjall::AbstractTree as _;
+        const WALKED: [&str; 5] = ["pair_outbox", "expiry", "tags", "drop_prefix", "drop_expiry"];
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FjallStore::open(dir.path()).expect("open");
+        let records = fill(&store, 4, 50, 200);
+        let drops: Vec<_> = (0..50u64).map(|n| sample_drop(n, n as u32, u64::MAX)).collect();
+        store.put_drops(&drops, 0).expect("put drops");
+        let filters = |ks: &Keyspace| -> Vec<u32> {
+            ks.tree.current_version().iter_tables().map(|t| t.filter_size()).collect()
+        };
+        let mut seen = 0;
+        for (name, ks) in store.ks.all() {
+            ks.rotate_memtable_and_wait().expect("flush");
+            let sizes = filters(ks);
+            if sizes.is_empty() {
+                continue;
+            }
+            seen += 1;
+            if WALKED.contains(&name) {
+                assert!(sizes.iter().all(|&s| s == 0), "{name} is only walked, yet has filters: {sizes:?}");
+            } else {
+                assert!(sizes.iter().all(|&s| s > 0), "{name} is looked up, yet has no filter: {sizes:?}");
+            }
+        }
+        assert!(seen >= 9, "the fill should have flushed most keyspaces, got {seen}");
+        // Compacted into the last level: the envelopes' lookups always hit, so no filter there;
+        // a path lookup often misses, so its filter stays.
+        for (name, has_filter) in [("records", false), ("drops", false), ("pair_paths", true)] {
+            let ks = store.ks.all().into_iter().find(|(n, _)| *n == name).expect("keyspace").1;
+            ks.major_compact().expect("compact");
+            let sizes = filters(ks);
+            assert!(!sizes.is_empty(), "{name} has no table after compaction");
+            assert!(sizes.iter().all(|&s| (s > 0) == has_filter), "{name}: {sizes:?}");
+        }
+        for r in &records {
+            let got = store.get(&r.owner, &r.receiver, &r.record_id, 0).expect("get").expect("present");
+            assert_eq!(got.meta.record_hash, r.record_hash);
+        }
+        assert!(store.get(&records[0].owner, &records[0].receiver, "absent", 0).expect("get").is_none());
+        for d in drops.iter().step_by(7) {
+            let prefix = Prefix::truncate(32, d.tag.head()).expect("prefix");
+            let got = store.fetch_drops(&prefix, 0, 1_000, 0).expect("fetch");
+            assert!(got.iter().any(|g| g.tag == d.tag && g.bytes == d.bytes));
+        }
+        store.verify().expect("verify");
     }
 
     #[test]
