@@ -2382,8 +2382,10 @@ mod tests {
         assert!(seen >= 9, "the fill should have flushed most keyspaces, got {seen}");
         // Compacted into the last level: the envelopes' lookups always hit, so no filter there;
         // a path lookup often misses, so its filter stays.
-        for (name, has_filter) in [("records", false), ("drops", false), ("pair_paths", true)] {
-            let ks = store.ks.all().into_iter().find(|(n, _)| *n == name).expect("keyspace").1;
+        let ks = &store.ks;
+        for (name, ks, has_filter) in
+            [("records", &ks.records, false), ("drops", &ks.drops, false), ("pair_paths", &ks.paths, true)]
+        {
             ks.major_compact().expect("compact");
             let sizes = filters(ks);
             assert!(!sizes.is_empty(), "{name} has no table after compaction");
