@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A/B of two relay builds under closed-loop ingest, alternated, each run on a fresh copy of one
-# store: the method behind the before/after figures in README "What changed in the design".
+# store: the method behind the before/after figures in docs/PERFORMANCE.md ("What changed in
+# the design").
 #
 # Each round runs build A, then build B (`pigeonhole-bench ingest --spawn --pigeonhole BIN
 # --spawn-data COPY`, which starts the relay with its rate limits raised and reads its

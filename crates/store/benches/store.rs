@@ -3,8 +3,10 @@
 //! `put_drops` of 1,000 drops of 1 KiB (stamps checked and spent, bucket counts, 8 prefix index
 //! entries each, one durable commit); `fetch_drops` on a store of 100,000 drops at prefix
 //! lengths 8 and 16 (the index granularities) and 7 and 3 (one with the most index entries
-//! skipped per match, one that walks the drops themselves). Throughput is in records or drops
-//! written or returned.
+//! skipped per match, one that walks the drops themselves); and the two reads the relay makes
+//! before it accepts each write (`account` and `owner_usage`), on a store of 64 accounts that
+//! has taken 50,000 records. Throughput is in records or drops written or returned, or in
+//! writes checked.
 //!
 //! Every commit waits for an fsync, so the figures are mostly the disk's: compare runs on the
 //! same machine only. The store lives in a temporary directory on the default temp filesystem
@@ -19,7 +21,9 @@ use std::time::Duration;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use pigeonhole_proto::keys::{PublicKey, SecretKey};
 use pigeonhole_proto::tag::{Prefix, Tag};
-use pigeonhole_store::{DropOutcome, FjallStore, NewDrop, NewRecord, PutOutcome, Store};
+use pigeonhole_store::{
+    Account, AccountStatus, DropOutcome, FjallStore, NewDrop, NewRecord, PutOutcome, Store,
+};
 
 /// Size of one record's bytes (a sealed letter of about a kilobyte).
 const RECORD_LEN: usize = 1_229;
@@ -172,5 +176,40 @@ fn bench_drops(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_put_batch, bench_drops);
+/// The reads `prepare_write` makes for every write: the writer's account, then its usage.
+fn bench_write_checks(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = FjallStore::open(dir.path()).expect("open store");
+    let owners: Vec<_> = (1..=64).map(key).collect();
+    let receivers: Vec<_> = (65..=96).map(key).collect();
+    for owner in &owners {
+        let account = Account {
+            key: *owner,
+            status: AccountStatus::Active,
+            created_at: 1_700_000_000_000,
+            max_bytes: 0,
+            max_records_per_day: 0,
+        };
+        store.put_account(&account).expect("put_account");
+    }
+    let mut next = 0u64;
+    for _ in 0..50 {
+        store.put_batch(&records(&mut next, BATCH, &owners, &receivers)).expect("put_batch");
+    }
+    let mut group = c.benchmark_group("fjall_write_checks");
+    group.sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
+    group.throughput(Throughput::Elements(1));
+    let mut turn = 0;
+    group.bench_function("account+owner_usage", |b| {
+        b.iter(|| {
+            turn = (turn + 1) % owners.len();
+            let owner = &owners[turn];
+            let account = store.account(black_box(owner)).expect("account").expect("registered");
+            black_box((account, store.owner_usage(owner).expect("usage")))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_put_batch, bench_drops, bench_write_checks);
 criterion_main!(benches);

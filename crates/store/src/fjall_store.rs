@@ -121,6 +121,7 @@ use crate::codec::{
     pair_path_key, path_key, seq_key, seq_suffix, split_v3_pair_key, stamp_key, tag_key, usage_key,
     usage_key_read_at,
 };
+use crate::read_cache::ReadCache;
 use crate::{
     Account, DropOutcome, KeyspaceStats, ListQuery, MAX_READ_BATCH, NewDrop, NewRecord, PageRead, PutOutcome,
     ReadKey, ReadOutcome, RecordMeta, ServedPage, Store, StoreError, StoredDrop, StoredRecord, Usage,
@@ -129,6 +130,9 @@ use crate::{
 
 /// The format marker stored under `meta/format`.
 pub(crate) const FORMAT: &str = "pigeonhole-store v4";
+/// Entries in each of the in-memory read caches (accounts, owners' counters): about 2 MiB
+/// together, and a relay's active writers fit.
+const READ_CACHE_ENTRIES: usize = 16_384;
 const FORMAT_PREFIX: &str = "pigeonhole-store v";
 const FORMAT_VERSION: u64 = 4;
 /// The earlier versions, upgraded in place on open (see the module documentation): v1 had
@@ -201,7 +205,7 @@ pub struct FjallConfig {
     /// small-entry indexes are flushed: their memtables fill far slower than the journal, so
     /// journal pressure flushes them, and each flushed table is merged into all of level 1
     /// (their keys are random). At 64 MiB, compaction took 56–65 µs per write on 10 M records,
-    /// at 128 MiB 41–42 µs (README, "What changed").
+    /// at 128 MiB 41–42 µs (docs/PERFORMANCE.md, "What changed").
     pub journal_bytes: u64,
     /// Most bytes of one keyspace's memtable before it is flushed (applies to keyspaces this
     /// store creates; existing ones keep the size they were created with).
@@ -390,6 +394,9 @@ pub struct FjallStore {
     /// Set when a write failed for lack of space: fjall then refuses every later write, and
     /// those refusals are reported as [`StoreError::Full`] too.
     full: AtomicBool,
+    /// Accounts and owners' counters held in memory: the relay reads both for every write.
+    accounts_cache: ReadCache<Account>,
+    owners_cache: ReadCache<Usage>,
 }
 
 impl std::fmt::Debug for FjallStore {
@@ -537,6 +544,8 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 /// counters it changes, written once at the end.
 struct Change<'a> {
     ks: &'a Keyspaces,
+    /// The owners' counters as of the last commit, for those held in memory.
+    owners_cache: &'a ReadCache<Usage>,
     snap: Snapshot,
     batch: OwnedWriteBatch,
     owners: HashMap<[u8; KEY_LEN], Usage>,
@@ -553,7 +562,9 @@ struct DropCounters {
 }
 
 impl<'a> Change<'a> {
-    fn new(store: &'a FjallStore) -> Result<Self, StoreError> {
+    /// A change to commit under the write lock, which `_locked` proves is held: the snapshot
+    /// and the cached counters are then both as of the last commit.
+    fn new(store: &'a FjallStore, _locked: &WriteState) -> Result<Self, StoreError> {
         let snap = store.db.snapshot();
         let totals = match snap.get(&store.ks.meta, TOTALS_KEY).map_err(fjall_error)? {
             Some(v) => decode_usage_counters(&v, "meta")?,
@@ -561,6 +572,7 @@ impl<'a> Change<'a> {
         };
         Ok(Self {
             ks: &store.ks,
+            owners_cache: &store.owners_cache,
             snap,
             batch: store.db.batch(),
             owners: HashMap::new(),
@@ -642,9 +654,12 @@ impl<'a> Change<'a> {
     fn owner(&mut self, owner: &PublicKey) -> Result<&mut Usage, StoreError> {
         let key = owner.to_bytes();
         if !self.owners.contains_key(&key) {
-            let current = match self.snap.get(&self.ks.owners, key).map_err(fjall_error)? {
-                Some(v) => decode_usage_counters(&v, "owners")?,
-                None => Usage::default(),
+            let current = match self.owners_cache.get(&key) {
+                Some(cached) => cached,
+                None => match self.snap.get(&self.ks.owners, key).map_err(fjall_error)? {
+                    Some(v) => decode_usage_counters(&v, "owners")?,
+                    None => Usage::default(),
+                },
             };
             self.owners.insert(key, current);
         }
@@ -1070,6 +1085,8 @@ impl FjallStore {
             write: Mutex::new(WriteState { commit, last_seq, witness: Witness::open(dir)? }),
             last_seq: AtomicU64::new(last_seq),
             full: AtomicBool::new(false),
+            accounts_cache: ReadCache::new(READ_CACHE_ENTRIES),
+            owners_cache: ReadCache::new(READ_CACHE_ENTRIES),
         };
         if config.verify_on_open {
             store.verify()?;
@@ -1114,11 +1131,11 @@ impl FjallStore {
         let Change { ks, mut batch, owners, totals, counters_changed, drops, .. } = change;
         let commit = state.commit + 1;
         if counters_changed {
-            for (owner, usage) in owners {
+            for (owner, usage) in &owners {
                 if usage.records == 0 && usage.bytes == 0 {
                     batch.remove(&ks.owners, owner);
                 } else {
-                    batch.insert(&ks.owners, owner, encode_usage_counters(usage));
+                    batch.insert(&ks.owners, owner, encode_usage_counters(*usage));
                 }
             }
             batch.insert(&ks.meta, TOTALS_KEY, encode_usage_counters(totals));
@@ -1138,7 +1155,15 @@ impl FjallStore {
         }
         batch.insert(&ks.meta, COMMIT_KEY, commit.to_be_bytes());
         // The journal is persisted (synced for DURABLE) before the batch becomes visible.
-        batch.durability(Some(mode)).commit().map_err(|e| self.write_error(e))?;
+        if let Err(e) = batch.durability(Some(mode)).commit() {
+            // What part of the batch became visible is unknown: the next reads go to the store.
+            self.accounts_cache.clear();
+            self.owners_cache.clear();
+            return Err(self.write_error(e));
+        }
+        if counters_changed {
+            self.owners_cache.committed(owners);
+        }
         state.commit = commit;
         if let Some(seq) = last_seq {
             state.last_seq = seq;
@@ -1560,7 +1585,7 @@ impl Store for FjallStore {
             return Ok(Vec::new());
         }
         let mut state = self.write.lock();
-        let mut change = Change::new(self)?;
+        let mut change = Change::new(self, &state)?;
         let mut next = state.last_seq;
         let mut outcomes = Vec::with_capacity(batch.len());
         // Paths stored earlier in this batch: the first write at a path in a batch wins.
@@ -1718,7 +1743,7 @@ impl Store for FjallStore {
             )));
         }
         let mut state = self.write.lock();
-        let mut change = Change::new(self)?;
+        let mut change = Change::new(self, &state)?;
         let mut counter = ReadCounter::new(state.commit);
         let mut outcomes = Vec::with_capacity(reads.len());
         for key in reads {
@@ -1747,7 +1772,7 @@ impl Store for FjallStore {
         // One walk of each outbox index inside the write: each record is read once, counted and
         // logged, and every page becomes durable in one commit.
         let mut state = self.write.lock();
-        let mut change = Change::new(self)?;
+        let mut change = Change::new(self, &state)?;
         let mut counter = ReadCounter::new(state.commit);
         let mut served_pages = Vec::with_capacity(pages.len());
         for page in pages {
@@ -1801,7 +1826,7 @@ impl Store for FjallStore {
 
     fn delete(&self, owner: &PublicKey, receiver: &PublicKey, record_id: &str) -> Result<bool, StoreError> {
         let mut state = self.write.lock();
-        let mut change = Change::new(self)?;
+        let mut change = Change::new(self, &state)?;
         let Some((seq, value)) = self.lookup(&change.snap, owner, receiver, record_id)? else {
             return Ok(false);
         };
@@ -1816,7 +1841,7 @@ impl Store for FjallStore {
             return Ok(0);
         }
         let mut state = self.write.lock();
-        let mut change = Change::new(self)?;
+        let mut change = Change::new(self, &state)?;
         let mut due = Vec::new();
         for guard in change.snap.range(&self.ks.expiry, ..=expiry_key(now, u64::MAX)).take(limit) {
             let key = guard.key().map_err(fjall_error)?;
@@ -1875,23 +1900,30 @@ impl Store for FjallStore {
 
     fn put_account(&self, account: &Account) -> Result<(), StoreError> {
         let mut state = self.write.lock();
-        let mut change = Change::new(self)?;
+        let mut change = Change::new(self, &state)?;
         change.batch.insert(&self.ks.accounts, account.key.to_bytes(), encode_account(account));
-        self.commit(&mut state, change, None)
+        self.commit(&mut state, change, None)?;
+        self.accounts_cache.committed([(account.key.to_bytes(), account.clone())]);
+        Ok(())
     }
 
     fn account(&self, key: &PublicKey) -> Result<Option<Account>, StoreError> {
-        match self.ks.accounts.get(key.to_bytes()).map_err(fjall_error)? {
-            Some(v) => Ok(Some(decode_account(*key, &v)?)),
-            None => Ok(None),
-        }
+        self.accounts_cache.read_through(&key.to_bytes(), || {
+            match self.ks.accounts.get(key.to_bytes()).map_err(fjall_error)? {
+                Some(v) => Ok(Some(decode_account(*key, &v)?)),
+                None => Ok(None),
+            }
+        })
     }
 
     fn owner_usage(&self, owner: &PublicKey) -> Result<Usage, StoreError> {
-        match self.ks.owners.get(owner.to_bytes()).map_err(fjall_error)? {
-            Some(v) => decode_usage_counters(&v, "owners"),
-            None => Ok(Usage::default()),
-        }
+        let usage = self.owners_cache.read_through(&owner.to_bytes(), || {
+            match self.ks.owners.get(owner.to_bytes()).map_err(fjall_error)? {
+                Some(v) => decode_usage_counters(&v, "owners").map(Some),
+                None => Ok(Some(Usage::default())),
+            }
+        })?;
+        Ok(usage.unwrap_or_default())
     }
 
     fn totals(&self) -> Result<Usage, StoreError> {
@@ -1926,7 +1958,7 @@ impl Store for FjallStore {
             return Ok(Vec::new());
         }
         let mut state = self.write.lock();
-        let mut change = Change::new(self)?;
+        let mut change = Change::new(self, &state)?;
         let mut next = state.last_seq;
         let mut outcomes = Vec::with_capacity(batch.len());
         // Stamps spent by earlier drops of this batch (not yet in the snapshot).
@@ -2022,7 +2054,7 @@ impl Store for FjallStore {
             return Ok(0);
         }
         let mut state = self.write.lock();
-        let mut change = Change::new(self)?;
+        let mut change = Change::new(self, &state)?;
         let mut due = Vec::new();
         for guard in change.snap.range(&self.ks.drop_expiry, ..=expiry_key(now, u64::MAX)).take(limit) {
             let key = guard.key().map_err(fjall_error)?;
@@ -2047,7 +2079,7 @@ impl Store for FjallStore {
             return Ok(0);
         }
         let mut state = self.write.lock();
-        let mut change = Change::new(self)?;
+        let mut change = Change::new(self, &state)?;
         // Stamp keys start with the epoch: every key below the bare epoch is of an older one.
         let mut due = Vec::new();
         for guard in change.snap.range(&self.ks.stamps, ..before_epoch.to_be_bytes()).take(limit) {
@@ -2080,7 +2112,7 @@ impl Store for FjallStore {
             return Ok(0);
         }
         let mut state = self.write.lock();
-        let mut change = Change::new(self)?;
+        let mut change = Change::new(self, &state)?;
         let key = issuance_key(account, day);
         let issued = match change.snap.get(&self.ks.issuance, key).map_err(fjall_error)? {
             Some(v) => be_u32(&v, "issuance")?,

@@ -17,6 +17,7 @@ mod codec;
 pub mod conformance;
 mod fjall_store;
 mod memory_store;
+mod read_cache;
 
 pub use fjall_store::{FjallConfig, FjallStore};
 pub use memory_store::MemoryStore;
