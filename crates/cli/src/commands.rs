@@ -558,12 +558,27 @@ fn describe(message: &StoredMessage) -> String {
         None => format!("(payload kind {})", message.kind),
     };
     format!(
-        "{:>4}  {}  {:<12}  {}",
+        "{:>4}  {}  {:<16}  {:<12}  {}",
         message.id,
         if message.read_at.is_some() { " " } else { "*" },
+        local_time(message.created_at, "%Y-%m-%d %H:%M"),
         from,
         body
     )
+}
+
+/// A time in milliseconds since the Unix epoch, in this machine's time zone and `format`
+/// (strftime); one outside the representable range (a sender's clock is not to be trusted)
+/// is shown as its raw value.
+fn local_time(ms: u64, format: &str) -> String {
+    let local = i64::try_from(ms)
+        .ok()
+        .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+        .map(|t| t.to_zoned(jiff::tz::TimeZone::system()));
+    match local {
+        Some(zoned) => zoned.strftime(format).to_string(),
+        None => format!("{ms} ms since 1970"),
+    }
 }
 
 pub(crate) fn sync(global: &Global) -> Result<()> {
@@ -692,7 +707,8 @@ pub(crate) fn read(global: &Global, id: i64) -> Result<()> {
     let label = if message.direction == "out" { "to" } else { "from" };
     println!("{label}: {from}");
     println!("record: {} (via {})", message.record_id, message.sent_via);
-    println!("written: {} ms", message.created_at);
+    println!("written: {}", local_time(message.created_at, "%Y-%m-%d %H:%M:%S %Z"));
+    println!("received: {}", local_time(message.received_at, "%Y-%m-%d %H:%M:%S %Z"));
     println!();
     match &message.text {
         Some(text) => println!("{text}"),
@@ -805,4 +821,19 @@ pub(crate) fn listen(global: &Global) -> Result<()> {
             _ = tokio::signal::ctrl_c() => Ok(()),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::local_time;
+
+    #[test]
+    fn local_time_renders_in_range_and_falls_back_outside_it() {
+        // `%s` (seconds since the epoch) does not depend on the machine's time zone.
+        assert_eq!(local_time(1_796_669_937_159, "%s"), "1796669937");
+        assert_eq!(local_time(0, "%s"), "0");
+        // Past what a timestamp can hold: the raw value, not a panic or a wrong date.
+        assert_eq!(local_time(u64::MAX, "%s"), format!("{} ms since 1970", u64::MAX));
+        assert_eq!(local_time(i64::MAX as u64, "%s"), format!("{} ms since 1970", i64::MAX));
+    }
 }

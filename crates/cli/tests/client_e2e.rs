@@ -89,6 +89,10 @@ async fn alice_and_bob_with_two_relays_each() {
     let read = bob.run(&["read", &id]);
     assert!(read.contains(first), "{read}");
     assert!(read.contains("from: Alice"), "{read}");
+    assert!(
+        read.lines().any(|l| l.starts_with("written: 20") && l.len() > "written: 2026-01-01 00:00:00".len()),
+        "{read}"
+    );
     // A second sync finds nothing new (cursors, de-duplication).
     let again = bob.json(&["sync"]);
     assert!(again["newMessages"].as_array().unwrap().is_empty(), "{again}");
