@@ -5,8 +5,10 @@
 //! lengths 8 and 16 (the index granularities) and 7 and 3 (one with the most index entries
 //! skipped per match, one that walks the drops themselves); and the two reads the relay makes
 //! before it accepts each write (`account` and `owner_usage`), on a store of 64 accounts that
-//! has taken 50,000 records. Throughput is in records or drops written or returned, or in
-//! writes checked.
+//! has taken 50,000 records; and `read_after_many` of pages of 512 records from one outbox of
+//! 50,000, as the relay serves a receiver that syncs (each read counted: a usage entry and a
+//! pull count written, one commit per page). Throughput is in records or drops written or
+//! returned, or in writes checked.
 //!
 //! Every commit waits for an fsync, so the figures are mostly the disk's: compare runs on the
 //! same machine only. The store lives in a temporary directory on the default temp filesystem
@@ -22,7 +24,7 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use pigeonhole_proto::keys::{PublicKey, SecretKey};
 use pigeonhole_proto::tag::{Prefix, Tag};
 use pigeonhole_store::{
-    Account, AccountStatus, DropOutcome, FjallStore, NewDrop, NewRecord, PutOutcome, Store,
+    Account, AccountStatus, DropOutcome, FjallStore, NewDrop, NewRecord, PageRead, PutOutcome, Store,
 };
 
 /// Size of one record's bytes (a sealed letter of about a kilobyte).
@@ -211,5 +213,35 @@ fn bench_write_checks(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_put_batch, bench_drops, bench_write_checks);
+/// Records in the one outbox that `read_after_many` pages through.
+const SYNC_OUTBOX: u64 = 50_000;
+/// Records per page, as the relay pushes to a syncing receiver (at most 512 or 1 MiB).
+const SYNC_PAGE: usize = 512;
+
+fn bench_sync_pages(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = FjallStore::open(dir.path()).expect("open store");
+    let (owner, receiver) = (key(1), key(2));
+    let mut next = 0u64;
+    for _ in 0..SYNC_OUTBOX / BATCH as u64 {
+        store.put_batch(&records(&mut next, BATCH, &[owner], &[receiver])).expect("put_batch");
+    }
+    let mut group = c.benchmark_group("fjall_read_after_many");
+    group.sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(6));
+    group.throughput(Throughput::Elements(SYNC_PAGE as u64));
+    let mut after_seq = 0u64;
+    group.bench_function("page_of_512_from_50k", |b| {
+        b.iter(|| {
+            let page = PageRead { owner, receiver, after_seq, limit: SYNC_PAGE, max_bytes: 1 << 20 };
+            let served =
+                store.read_after_many(black_box(&[page]), 1_700_000_000_000).expect("read_after_many");
+            debug_assert_eq!(served[0].records.len(), SYNC_PAGE);
+            after_seq = (after_seq + SYNC_PAGE as u64) % (SYNC_OUTBOX - SYNC_PAGE as u64);
+            black_box(served)
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_put_batch, bench_drops, bench_write_checks, bench_sync_pages);
 criterion_main!(benches);

@@ -133,6 +133,8 @@ pub(crate) const FORMAT: &str = "pigeonhole-store v4";
 /// Entries in each of the in-memory read caches (accounts, owners' counters): about 2 MiB
 /// together, and a relay's active writers fit.
 const READ_CACHE_ENTRIES: usize = 16_384;
+/// Most reads whose results and batch entries a group of pages reserves room for up front.
+const READS_RESERVED: usize = 1024;
 const FORMAT_PREFIX: &str = "pigeonhole-store v";
 const FORMAT_VERSION: u64 = 4;
 /// The earlier versions, upgraded in place on open (see the module documentation): v1 had
@@ -564,7 +566,13 @@ struct DropCounters {
 impl<'a> Change<'a> {
     /// A change to commit under the write lock, which `_locked` proves is held: the snapshot
     /// and the cached counters are then both as of the last commit.
-    fn new(store: &'a FjallStore, _locked: &WriteState) -> Result<Self, StoreError> {
+    fn new(store: &'a FjallStore, locked: &WriteState) -> Result<Self, StoreError> {
+        Self::with_capacity(store, locked, 0)
+    }
+
+    /// [`Change::new`] with room for `items` batch entries, for a change known to write many:
+    /// the batch then does not grow (and copy itself) as it fills.
+    fn with_capacity(store: &'a FjallStore, _locked: &WriteState, items: usize) -> Result<Self, StoreError> {
         let snap = store.db.snapshot();
         let totals = match snap.get(&store.ks.meta, TOTALS_KEY).map_err(fjall_error)? {
             Some(v) => decode_usage_counters(&v, "meta")?,
@@ -574,7 +582,12 @@ impl<'a> Change<'a> {
             ks: &store.ks,
             owners_cache: &store.owners_cache,
             snap,
-            batch: store.db.batch(),
+            // The persistence mode is set when the batch is committed (`commit_as`).
+            batch: if items == 0 {
+                store.db.batch()
+            } else {
+                OwnedWriteBatch::with_capacity(store.db.clone(), items)
+            },
             owners: HashMap::new(),
             totals,
             counters_changed: false,
@@ -1585,7 +1598,9 @@ impl Store for FjallStore {
             return Ok(Vec::new());
         }
         let mut state = self.write.lock();
-        let mut change = Change::new(self, &state)?;
+        // Each record writes itself and 3 or 4 index entries; the counters and `meta` a few more.
+        let mut change =
+            Change::with_capacity(self, &state, batch.len().saturating_mul(5).saturating_add(8))?;
         let mut next = state.last_seq;
         let mut outcomes = Vec::with_capacity(batch.len());
         // Paths stored earlier in this batch: the first write at a path in a batch wins.
@@ -1772,7 +1787,10 @@ impl Store for FjallStore {
         // One walk of each outbox index inside the write: each record is read once, counted and
         // logged, and every page becomes durable in one commit.
         let mut state = self.write.lock();
-        let mut change = Change::new(self, &state)?;
+        // Each read writes a usage entry and a pull count. Room for the reads the pages ask
+        // for, up to a bound: a page whose limit is large often finds fewer records.
+        let asked = pages.iter().fold(0usize, |sum, page| sum.saturating_add(page.limit));
+        let mut change = Change::with_capacity(self, &state, asked.min(READS_RESERVED) * 2 + 8)?;
         let mut counter = ReadCounter::new(state.commit);
         let mut served_pages = Vec::with_capacity(pages.len());
         for page in pages {
@@ -1784,6 +1802,7 @@ impl Store for FjallStore {
                 served_pages.push(served);
                 continue;
             };
+            served.records.reserve(limit.min(READS_RESERVED));
             let mut total = 0usize;
             let (start, end) = seq_range(&outbox_prefix(&page.owner, &page.receiver), from);
             let snap = change.snap.clone();
