@@ -1,6 +1,7 @@
 #![no_main]
-//! Requests: `Message::decode`, `SignedMessage::from_bytes` and both JSON forms; whatever decodes
-//! must re-encode to the same bytes, survive the other forms, and verify once signed.
+//! Requests: `Message::decode`, `SignedMessage::from_bytes`, both JSON forms and a session
+//! frame's bare `msg` object; whatever decodes must re-encode to the same bytes, survive the
+//! other forms, and verify once signed.
 
 use std::sync::LazyLock;
 
@@ -33,6 +34,11 @@ fuzz_target!(|data: &[u8]| {
     }
     let text = String::from_utf8_lossy(data);
     if let Ok(m) = Message::from_json(&text) {
+        check_message(&m);
+    }
+    // A session frame's `msg` object alone: whatever it accepts, the wrapped form accepts too.
+    if let Ok(m) = Message::from_json_msg(&text) {
+        assert_eq!(Message::from_json(&format!("{{\"msg\":{text}}}")).as_ref(), Ok(&m));
         check_message(&m);
     }
     if let Ok(s) = SignedMessage::from_json(&text) {

@@ -20,11 +20,39 @@ macro_rules! impl_text_serde {
 
         impl<'de> serde::Deserialize<'de> for $ty {
             fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                let text = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(deserializer)?;
-                Self::$from(&text).map_err(serde::de::Error::custom)
+                crate::deserialize_str(deserializer, |text| Self::$from(text))
             }
         }
     };
+}
+
+/// Deserializes a string and hands it to `parse`, without copying it where the input holds it
+/// as it is (serde's `Cow<str>` always copies into a `String`): a request's base64 content and
+/// its hex keys are parsed straight from the JSON text.
+pub(crate) fn deserialize_str<'de, D, T, E>(
+    deserializer: D,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    E: std::fmt::Display,
+{
+    struct Text<F>(F);
+
+    impl<'de, T, E: std::fmt::Display, F: FnOnce(&str) -> Result<T, E>> serde::de::Visitor<'de> for Text<F> {
+        type Value = T;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+
+        // Borrowed and owned strings come here too (serde's defaults forward them).
+        fn visit_str<Err: serde::de::Error>(self, text: &str) -> Result<T, Err> {
+            (self.0)(text).map_err(Err::custom)
+        }
+    }
+
+    deserializer.deserialize_str(Text(parse))
 }
 
 /// Lower-case hex of `bytes`. `hex::encode` builds its string one `char` at a time; this

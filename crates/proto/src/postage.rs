@@ -647,10 +647,10 @@ pub(crate) mod hex_fixed {
     pub(crate) fn deserialize<'de, D: serde::Deserializer<'de>, const N: usize>(
         deserializer: D,
     ) -> Result<[u8; N], D::Error> {
-        let text = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(deserializer)?;
-        let mut out = [0u8; N];
-        hex::decode_to_slice(text.as_bytes(), &mut out).map_err(serde::de::Error::custom)?;
-        Ok(out)
+        crate::deserialize_str(deserializer, |text| {
+            let mut out = [0u8; N];
+            hex::decode_to_slice(text.as_bytes(), &mut out).map(|()| out)
+        })
     }
 }
 

@@ -424,10 +424,16 @@ impl Message {
     /// Parses the unsigned JSON form.
     pub fn from_json(text: &str) -> Result<Self, RequestError> {
         let (message, sig) = parse_json(text)?;
-        if sig.is_some() {
-            return Err(RequestError::Json("unexpected `sig` in an unsigned message".into()));
-        }
-        Ok(message)
+        unsigned(message, sig)
+    }
+
+    /// Parses the object that the unsigned JSON form wraps as `{"msg": ...}`, alone: what a
+    /// session frame carries beside its id. Accepts exactly what [`Message::from_json`] accepts
+    /// inside the wrapper.
+    pub fn from_json_msg(msg: &str) -> Result<Self, RequestError> {
+        let msg: JsonMsgIn<'_> = serde_json::from_str(msg).map_err(|e| RequestError::Json(e.to_string()))?;
+        let (message, sig) = parse_msg(msg)?;
+        unsigned(message, sig)
     }
 }
 
@@ -599,9 +605,20 @@ struct JsonMsgIn<'a> {
 }
 
 fn parse_json(text: &str) -> Result<(Message, Option<Signature>), RequestError> {
+    let envelope: JsonIn<'_> = serde_json::from_str(text).map_err(|e| RequestError::Json(e.to_string()))?;
+    parse_msg(envelope.msg)
+}
+
+/// A message parsed as unsigned: one with a `sig` is refused.
+fn unsigned(message: Message, sig: Option<Signature>) -> Result<Message, RequestError> {
+    if sig.is_some() {
+        return Err(RequestError::Json("unexpected `sig` in an unsigned message".into()));
+    }
+    Ok(message)
+}
+
+fn parse_msg(msg: JsonMsgIn<'_>) -> Result<(Message, Option<Signature>), RequestError> {
     let json = |e: serde_json::Error| RequestError::Json(e.to_string());
-    let envelope: JsonIn<'_> = serde_json::from_str(text).map_err(json)?;
-    let msg = envelope.msg;
     if msg.v != REQUEST_VERSION {
         return Err(DecodeError::UnknownVersion(msg.v).into());
     }
@@ -635,17 +652,12 @@ pub(crate) mod base64_bytes {
     pub(crate) fn deserialize<'de, D: serde::Deserializer<'de>>(
         deserializer: D,
     ) -> Result<Vec<u8>, D::Error> {
-        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        BASE64.decode(text.as_bytes()).map_err(serde::de::Error::custom)
+        crate::deserialize_str(deserializer, |text| BASE64.decode(text.as_bytes()))
     }
-
-    use serde::Deserialize as _;
 }
 
 /// Serde adapter: a 32-byte array as 64 hex characters.
 pub(crate) mod hex_array {
-    use serde::Deserialize as _;
-
     pub(crate) fn serialize<S: serde::Serializer>(
         bytes: &[u8; 32],
         serializer: S,
@@ -656,10 +668,10 @@ pub(crate) mod hex_array {
     pub(crate) fn deserialize<'de, D: serde::Deserializer<'de>>(
         deserializer: D,
     ) -> Result<[u8; 32], D::Error> {
-        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        let mut out = [0u8; 32];
-        hex::decode_to_slice(text.as_bytes(), &mut out).map_err(serde::de::Error::custom)?;
-        Ok(out)
+        crate::deserialize_str(deserializer, |text| {
+            let mut out = [0u8; 32];
+            hex::decode_to_slice(text.as_bytes(), &mut out).map(|()| out)
+        })
     }
 }
 
@@ -760,6 +772,55 @@ mod tests {
             let unsigned = signed.message();
             assert_eq!(serde_json::to_string(&unsigned.json(None)).expect("serializes"), unsigned.to_json());
         }
+    }
+
+    #[test]
+    fn the_msg_object_alone_parses_as_the_wrapped_form() {
+        let inner = |json: &str| {
+            let value: serde_json::Value = serde_json::from_str(json).expect("json");
+            value["msg"].to_string()
+        };
+        for request in all_requests() {
+            let signed = message(request).sign_with_aux(&key(1), &[0; 32]).expect("signs");
+            let unsigned = signed.message().clone();
+            assert_eq!(Message::from_json_msg(&inner(&unsigned.to_json())), Ok(unsigned));
+            // A signed object is not an unsigned message, wrapped or not.
+            assert!(Message::from_json(&signed.to_json()).is_err());
+            assert!(Message::from_json_msg(&inner(&signed.to_json())).is_err());
+        }
+        let json = message(all_requests().remove(6)).to_json();
+        let check = |text: String| assert!(Message::from_json_msg(&text).is_err(), "{text}");
+        check(json.clone()); // the wrapper itself is not a `msg` object
+        check(inner(&json).replace("\"v\":1", "\"v\":2"));
+        check(inner(&json).replacen("\"from\"", "\"extra\":0,\"from\"", 1));
+        check(format!("{} ", inner(&json)).replacen('}', "}}", 1));
+        check("{}".into());
+        check(String::new());
+    }
+
+    #[test]
+    fn json_strings_parse_borrowed_escaped_or_owned() {
+        // Content whose base64 holds `/` and `+`, which JSON may escape (`\/`).
+        let write =
+            Write { record_id: "r1".into(), ttl: 60, tag: None, content: vec![0xff, 0xef, 0xfe, 0x3e] };
+        let m = message(Request::Write(write));
+        let json = m.to_json();
+        assert!(json.contains("/+/+"), "{json}");
+        // As written (borrowed from the text), with escapes (copied), and from an owned value.
+        assert_eq!(Message::from_json(&json), Ok(m.clone()));
+        let escaped = json.replace("/+/+", "\\/+\\/+");
+        assert_ne!(escaped, json);
+        assert_eq!(Message::from_json(&escaped), Ok(m.clone()));
+        let from = m.from.to_hex();
+        let key_escaped = json.replace(&from, &format!("\\u00{:x}{}", from.as_bytes()[0], &from[1..]));
+        assert_ne!(key_escaped, json);
+        assert_eq!(Message::from_json(&key_escaped), Ok(m.clone()));
+        let value: serde_json::Value = serde_json::from_str(&json).expect("json");
+        let owned: PublicKey = serde_json::from_value(value["msg"]["from"].clone()).expect("owned string");
+        assert_eq!(owned, m.from);
+        // Not a string: refused, whatever the type.
+        assert!(Message::from_json(&json.replace(&format!("\"{from}\""), "7")).is_err());
+        assert!(serde_json::from_str::<PublicKey>("[1]").is_err());
     }
 
     #[test]

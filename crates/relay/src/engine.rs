@@ -252,14 +252,13 @@ impl Engine {
 
     /// Parses an unsigned request that arrived in a session bound to `session_key`.
     pub fn parse_in_session(&self, body: &str, session_key: &PublicKey) -> Result<Verified, RelayError> {
-        let message = Message::from_json(body).map_err(request_error)?;
-        if message.from != *session_key {
-            return Err(RelayError::new(
-                ErrorCode::Forbidden,
-                "`from` is not the key this session was opened with",
-            ));
-        }
-        Ok(Verified { message, sig: None })
+        in_session(Message::from_json(body).map_err(request_error)?, session_key)
+    }
+
+    /// [`Engine::parse_in_session`] of a session frame's `msg` object alone (the JSON form
+    /// without its `{"msg": ...}` wrapper), parsed once.
+    pub fn parse_session_msg(&self, msg: &str, session_key: &PublicKey) -> Result<Verified, RelayError> {
+        in_session(Message::from_json_msg(msg).map_err(request_error)?, session_key)
     }
 
     /// Checks addressing, freshness and replay for a verified request. Writes are exempt from
@@ -768,6 +767,17 @@ impl Engine {
     pub fn info_document(&self, now: u64) -> RelayDocument {
         self.info().sign_with_aux(&self.key, now, &random_aux())
     }
+}
+
+/// A request parsed from a session, which must come from the key the session was opened with.
+fn in_session(message: Message, session_key: &PublicKey) -> Result<Verified, RelayError> {
+    if message.from != *session_key {
+        return Err(RelayError::new(
+            ErrorCode::Forbidden,
+            "`from` is not the key this session was opened with",
+        ));
+    }
+    Ok(Verified { message, sig: None })
 }
 
 fn request_error(error: pigeonhole_proto::request::RequestError) -> RelayError {

@@ -272,7 +272,8 @@ async fn next_text(stream: &mut futures_util::stream::SplitStream<WebSocket>) ->
     }
 }
 
-fn frame_parts(text: &str) -> Result<(u64, String), (u64, RelayError)> {
+/// A frame's id and its `msg` object, as written.
+fn frame_parts(text: &str) -> Result<(u64, &str), (u64, RelayError)> {
     let frame: ClientFrame<'_> = serde_json::from_str(text).map_err(|e| {
         (
             0,
@@ -282,13 +283,14 @@ fn frame_parts(text: &str) -> Result<(u64, String), (u64, RelayError)> {
             ),
         )
     })?;
-    Ok((frame.id, format!("{{\"msg\":{}}}", frame.msg.get())))
+    Ok((frame.id, frame.msg.get()))
 }
 
 fn authenticate(state: &Shared, text: &str) -> Result<(u64, PublicKey), (u64, RelayError)> {
-    let (id, body) = frame_parts(text)?;
+    let (id, msg) = frame_parts(text)?;
     let now = now_ms();
-    let verified = state.engine.parse(&body).map_err(|e| (id, e))?;
+    // Once per session: the signed form's parser takes the whole `{"msg": ...}` object.
+    let verified = state.engine.parse(&format!("{{\"msg\":{msg}}}")).map_err(|e| (id, e))?;
     state.engine.admit(&verified.message, now).map_err(|e| (id, e))?;
     state.engine.use_once(&verified, now).map_err(|e| (id, e))?;
     let key = state.sessions.answer(&verified.message, now).map_err(|e| (id, e))?;
@@ -296,8 +298,8 @@ fn authenticate(state: &Shared, text: &str) -> Result<(u64, PublicKey), (u64, Re
 }
 
 fn parse_frame(state: &Shared, text: &str, key: &PublicKey) -> Result<(u64, Verified), (u64, RelayError)> {
-    let (id, body) = frame_parts(text)?;
-    let verified = state.engine.parse_in_session(&body, key).map_err(|e| (id, e))?;
+    let (id, msg) = frame_parts(text)?;
+    let verified = state.engine.parse_session_msg(msg, key).map_err(|e| (id, e))?;
     state.engine.admit(&verified.message, now_ms()).map_err(|e| (id, e))?;
     Ok((id, verified))
 }
