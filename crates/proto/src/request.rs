@@ -656,24 +656,8 @@ pub(crate) mod base64_bytes {
     }
 }
 
-/// Serde adapter: a 32-byte array as 64 hex characters.
-pub(crate) mod hex_array {
-    pub(crate) fn serialize<S: serde::Serializer>(
-        bytes: &[u8; 32],
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&crate::to_hex(bytes))
-    }
-
-    pub(crate) fn deserialize<'de, D: serde::Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<[u8; 32], D::Error> {
-        crate::deserialize_str(deserializer, |text| {
-            let mut out = [0u8; 32];
-            hex::decode_to_slice(text.as_bytes(), &mut out).map(|()| out)
-        })
-    }
-}
+/// Serde adapter: a 32-byte array (keys, hashes) as 64 hex characters.
+pub(crate) use crate::postage::hex_fixed as hex_array;
 
 #[cfg(test)]
 mod tests {

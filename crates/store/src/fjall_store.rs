@@ -583,11 +583,7 @@ impl<'a> Change<'a> {
             owners_cache: &store.owners_cache,
             snap,
             // The persistence mode is set when the batch is committed (`commit_as`).
-            batch: if items == 0 {
-                store.db.batch()
-            } else {
-                OwnedWriteBatch::with_capacity(store.db.clone(), items)
-            },
+            batch: OwnedWriteBatch::with_capacity(store.db.clone(), items),
             owners: HashMap::new(),
             totals,
             counters_changed: false,
