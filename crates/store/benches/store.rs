@@ -7,8 +7,11 @@
 //! before it accepts each write (`account` and `owner_usage`), on a store of 64 accounts that
 //! has taken 50,000 records; and `read_after_many` of pages of 512 records from one outbox of
 //! 50,000, as the relay serves a receiver that syncs (each read counted: a usage entry and a
-//! pull count written, one commit per page). Throughput is in records or drops written or
-//! returned, or in writes checked.
+//! pull count written, one commit per page); and `read_after_many` of 64 live pages (one new
+//! record each, from 64 of 256 outboxes holding 50,000 records), as the delivery thread serves
+//! listeners woken by a commit, with the store's list of recent records and without it (every
+//! page walking its outbox index), so the two compare within one run. Throughput is in
+//! records or drops written or returned, or in writes checked.
 //!
 //! Every commit waits for an fsync, so the figures are mostly the disk's: compare runs on the
 //! same machine only. The store lives in a temporary directory on the default temp filesystem
@@ -243,5 +246,67 @@ fn bench_sync_pages(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_put_batch, bench_drops, bench_write_checks, bench_sync_pages);
+/// Outboxes of the store the live pages are read from, and pages per group.
+const LIVE_OUTBOXES: usize = 256;
+const LIVE_PAGES: usize = 64;
+
+fn bench_live_pages(c: &mut Criterion) {
+    let mut group = c.benchmark_group("fjall_read_after_many");
+    group.sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
+    group.throughput(Throughput::Elements(LIVE_PAGES as u64));
+    let owners: Vec<_> = (0..16).map(|i| key(10 + i)).collect();
+    let receivers: Vec<_> = (0..16).map(|i| key(30 + i)).collect();
+    for (name, recent_outboxes) in [("live_pages_64_of_256_outboxes", 32_768), ("live_pages_64_walking", 0)] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = pigeonhole_store::FjallConfig { recent_outboxes, ..Default::default() };
+        let store = FjallStore::open_with(dir.path(), config).expect("open store");
+        let (mut next, mut n) = (0u64, 0usize);
+        // The two newest sequence numbers of each outbox (round-robin over all of them).
+        let mut newest = vec![(0u64, 0u64); LIVE_OUTBOXES];
+        for _ in 0..SYNC_OUTBOX / BATCH as u64 {
+            let mut batch = records(&mut next, BATCH, &owners, &receivers);
+            for record in &mut batch {
+                record.owner = owners[n % LIVE_OUTBOXES / 16];
+                record.receiver = receivers[n % 16];
+                n += 1;
+            }
+            for (i, outcome) in store.put_batch(&batch).expect("put_batch").into_iter().enumerate() {
+                let PutOutcome::Stored { seq } = outcome else { panic!("not stored: {outcome:?}") };
+                let outbox = (n - BATCH + i) % LIVE_OUTBOXES;
+                newest[outbox] = (newest[outbox].1, seq);
+            }
+        }
+        // Each page asks for what its listener has not seen: the newest record of its outbox.
+        let pages: Vec<_> = (0..LIVE_PAGES)
+            .map(|k| {
+                let outbox = k * LIVE_OUTBOXES / LIVE_PAGES;
+                PageRead {
+                    owner: owners[outbox / 16],
+                    receiver: receivers[outbox % 16],
+                    after_seq: newest[outbox].0,
+                    limit: SYNC_PAGE,
+                    max_bytes: 1 << 20,
+                }
+            })
+            .collect();
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let served =
+                    store.read_after_many(black_box(&pages), 1_700_000_000_000).expect("read_after_many");
+                debug_assert!(served.iter().all(|page| page.records.len() == 1));
+                black_box(served)
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_put_batch,
+    bench_drops,
+    bench_write_checks,
+    bench_sync_pages,
+    bench_live_pages
+);
 criterion_main!(benches);

@@ -95,6 +95,15 @@
 //! Writes are serialized by one mutex (the relay writes from one commit thread; reads that
 //! count pulls also write). Reads take a fjall snapshot, so an index entry and the record it
 //! points to are always seen together; an index entry without its record is corruption.
+//!
+//! # Reads after a recent cursor
+//!
+//! Under the write mutex the store also keeps the newest sequence numbers of each outbox
+//! written to since it opened ([`FjallConfig::recent_outboxes`], `recent.rs`). A counted page
+//! read (`read_after_many`) whose cursor they cover loads its records by sequence number
+//! instead of walking `pair_outbox`, whose every table a walk must search (pair ids are
+//! random). The list is a hint: a listed record that is gone is skipped, as a walk would skip
+//! it, and a cursor it does not cover walks.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
@@ -113,7 +122,7 @@ use pigeonhole_proto::keys::PublicKey;
 use pigeonhole_proto::tag::{Prefix, TAG_LEN, Tag};
 
 use crate::codec::{
-    DROP_INDEX_GRANULARITIES, KEY_LEN, StoredMeta, be_u32, be_u64, bucket_key, check_new_drop,
+    DROP_INDEX_GRANULARITIES, KEY_LEN, PAIR_LEN, StoredMeta, be_u32, be_u64, bucket_key, check_new_drop,
     check_new_record, corrupted, decode_account, decode_drop, decode_drop_prefix, decode_pulls,
     decode_record, decode_usage, decode_usage_counters, drop_prefix_bucket, drop_prefix_key,
     drop_prefix_value, drop_value_tag, encode_account, encode_drop, encode_record, encode_usage,
@@ -122,6 +131,7 @@ use crate::codec::{
     usage_key_read_at,
 };
 use crate::read_cache::ReadCache;
+use crate::recent::{self, Recent};
 use crate::{
     Account, DropOutcome, KeyspaceStats, ListQuery, MAX_READ_BATCH, NewDrop, NewRecord, PageRead, PutOutcome,
     ReadKey, ReadOutcome, RecordMeta, ServedPage, Store, StoreError, StoredDrop, StoredRecord, Usage,
@@ -216,6 +226,13 @@ pub struct FjallConfig {
     pub verify_on_open: bool,
     /// Deletes the directory when the store is dropped (for tests; see [`FjallStore::temporary`]).
     pub temporary: bool,
+    /// Outboxes whose newest sequence numbers are kept in memory, so that a read after a
+    /// recent cursor (a live listener's next page) loads its records by sequence number
+    /// instead of walking the outbox index. Past this many outboxes written to, the list
+    /// starts over. 0 turns it off.
+    pub recent_outboxes: usize,
+    /// Sequence numbers kept per outbox in that list: a reader further behind walks the index.
+    pub recent_per_outbox: usize,
 }
 
 impl Default for FjallConfig {
@@ -227,6 +244,8 @@ impl Default for FjallConfig {
             memtable_bytes: 8 * 1024 * 1024,
             verify_on_open: false,
             temporary: false,
+            recent_outboxes: recent::DEFAULT_OUTBOXES,
+            recent_per_outbox: recent::DEFAULT_PER_OUTBOX,
         }
     }
 }
@@ -411,6 +430,8 @@ struct WriteState {
     commit: u64,
     last_seq: u64,
     witness: Witness,
+    /// The newest records of each outbox written to, for reads after a recent cursor.
+    recent: Recent,
 }
 
 /// The commit witness file: `PHCOMMIT ‖ u64 counter ‖ u64 !counter`.
@@ -688,12 +709,19 @@ impl<'a> Change<'a> {
         }
     }
 
-    fn insert(&mut self, seq: u64, record: &NewRecord, path: Vec<u8>) -> Result<(), StoreError> {
+    /// Stores `record` as `seq` in outbox `pair` at `path` (its `paths` key).
+    fn insert(
+        &mut self,
+        seq: u64,
+        record: &NewRecord,
+        pair: &[u8; PAIR_LEN],
+        path: Vec<u8>,
+    ) -> Result<(), StoreError> {
         let ks = self.ks;
         let b = &mut self.batch;
         b.insert(&ks.records, seq_key(seq), encode_record(record));
         b.insert(&ks.paths, path, seq_key(seq));
-        b.insert(&ks.outbox, outbox_key(&record.owner, &record.receiver, seq), []);
+        b.insert(&ks.outbox, pair_outbox_key(pair, seq), []);
         b.insert(&ks.expiry, expiry_key(record.expires_at, seq), []);
         if let Some(tag) = &record.tag {
             b.insert(&ks.tags, tag_key(tag, seq), []);
@@ -864,6 +892,52 @@ impl ReadCounter {
             self.pulls_so_far.insert(seq, pulls);
         }
         Ok((StoredRecord { meta: meta.into_meta(seq, pulls), bytes: bytes.to_vec() }, exhausted))
+    }
+}
+
+/// One page of [`Store::read_after_many`] being filled, record by record in sequence order.
+struct PageFill<'p> {
+    page: &'p PageRead,
+    /// The page's limit, cut to what the group has left.
+    limit: usize,
+    served: ServedPage,
+    /// Bytes of the records served so far.
+    total: usize,
+}
+
+impl PageFill<'_> {
+    /// Offers record `seq` of the page's outbox (its stored `value`): serves and counts it
+    /// unless it belongs to another outbox under the same pair id or has expired. Returns
+    /// whether the page takes more records.
+    fn offer(
+        &mut self,
+        store: &FjallStore,
+        counter: &mut ReadCounter,
+        change: &mut Change<'_>,
+        seq: u64,
+        value: &[u8],
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let (meta, bytes) = decode_record(value)?;
+        match of_pair(&meta, &self.page.owner, &self.page.receiver) {
+            Ok(true) => {}
+            Ok(false) => return Ok(true),
+            Err(()) => return Err(names_another("outbox", seq)),
+        }
+        if meta.expires_at <= now {
+            return Ok(true);
+        }
+        if !self.served.records.is_empty() && self.total.saturating_add(bytes.len()) > self.page.max_bytes {
+            self.served.more = true;
+            return Ok(false);
+        }
+        self.total = self.total.saturating_add(bytes.len());
+        self.served.records.push(counter.count(store, change, seq, meta, bytes, now)?);
+        if self.served.records.len() >= self.limit {
+            self.served.more = true;
+            return Ok(false);
+        }
+        Ok(true)
     }
 }
 
@@ -1091,7 +1165,12 @@ impl FjallStore {
             ks,
             db,
             dir: dir.to_path_buf(),
-            write: Mutex::new(WriteState { commit, last_seq, witness: Witness::open(dir)? }),
+            write: Mutex::new(WriteState {
+                commit,
+                last_seq,
+                witness: Witness::open(dir)?,
+                recent: Recent::new(last_seq, config.recent_outboxes, config.recent_per_outbox),
+            }),
             last_seq: AtomicU64::new(last_seq),
             full: AtomicBool::new(false),
             accounts_cache: ReadCache::new(READ_CACHE_ENTRIES),
@@ -1601,8 +1680,11 @@ impl Store for FjallStore {
         let mut outcomes = Vec::with_capacity(batch.len());
         // Paths stored earlier in this batch: the first write at a path in a batch wins.
         let mut in_batch: HashMap<Vec<u8>, (u64, &NewRecord)> = HashMap::new();
+        // The records stored, by outbox, for the list of recent records once committed.
+        let mut stored = Vec::with_capacity(batch.len());
         for record in batch {
-            let path = path_key(&record.owner, &record.receiver, &record.record_id);
+            let pair = pair_id(&record.owner, &record.receiver);
+            let path = pair_path_key(&pair, record.record_id.as_bytes());
             if let Some(&(seq, earlier)) = in_batch.get(&path) {
                 outcomes.push(if earlier.record_hash == record.record_hash {
                     PutOutcome::Duplicate {
@@ -1640,12 +1722,19 @@ impl Store for FjallStore {
                 change.remove(seq, &existing, true)?;
             }
             next += 1;
-            change.insert(next, record, path.clone())?;
+            change.insert(next, record, &pair, path.clone())?;
             in_batch.insert(path, (next, record));
+            stored.push((pair, next));
             outcomes.push(PutOutcome::Stored { seq: next });
         }
         if next != state.last_seq {
-            self.commit(&mut state, change, Some(next))?;
+            if let Err(e) = self.commit(&mut state, change, Some(next)) {
+                state.recent.disable();
+                return Err(e);
+            }
+            for (pair, seq) in &stored {
+                state.recent.stored(pair, *seq);
+            }
         }
         Ok(outcomes)
     }
@@ -1780,8 +1869,10 @@ impl Store for FjallStore {
     }
 
     fn read_after_many(&self, pages: &[PageRead], now: u64) -> Result<Vec<ServedPage>, StoreError> {
-        // One walk of each outbox index inside the write: each record is read once, counted and
-        // logged, and every page becomes durable in one commit.
+        // Each page's records are found inside the write, by the list of recent records when
+        // it covers the cursor (a live listener's page) or else by a walk of the outbox index;
+        // each record is read once, counted and logged, and every page becomes durable in one
+        // commit.
         let mut state = self.write.lock();
         // Each read writes a usage entry and a pull count. Room for the reads the pages ask
         // for, up to a bound: a page whose limit is large often finds fewer records.
@@ -1799,37 +1890,39 @@ impl Store for FjallStore {
                 continue;
             };
             served.records.reserve(limit.min(READS_RESERVED));
-            let mut total = 0usize;
-            let (start, end) = seq_range(&outbox_prefix(&page.owner, &page.receiver), from);
+            let mut fill = PageFill { page, limit, served, total: 0 };
+            let pair = outbox_prefix(&page.owner, &page.receiver);
             let snap = change.snap.clone();
-            let mut records = RecordLoader::new(self, &snap, "outbox");
-            for guard in snap.range(&self.ks.outbox, start..=end) {
-                let key = guard.key().map_err(fjall_error)?;
-                let seq = seq_suffix(&key, "outbox")?;
-                if counter.removed.contains(&seq) {
-                    continue;
+            if let Some(seqs) = state.recent.after(&pair, page.after_seq) {
+                // The outbox's records after the cursor are all listed: load them by seq. A
+                // listed record since deleted, used up or expired is skipped, as the walk would.
+                for seq in seqs {
+                    if counter.removed.contains(&seq) {
+                        continue;
+                    }
+                    let Some(value) = snap.get(&self.ks.records, seq_key(seq)).map_err(fjall_error)? else {
+                        continue;
+                    };
+                    if !fill.offer(self, &mut counter, &mut change, seq, &value, now)? {
+                        break;
+                    }
                 }
-                let value = records.load(seq)?;
-                let (meta, bytes) = decode_record(&value)?;
-                match of_pair(&meta, &page.owner, &page.receiver) {
-                    Ok(true) => {}
-                    Ok(false) => continue,
-                    Err(()) => return Err(names_another("outbox", seq)),
-                }
-                if meta.expires_at <= now {
-                    continue;
-                }
-                if !served.records.is_empty() && total.saturating_add(bytes.len()) > page.max_bytes {
-                    served.more = true;
-                    break;
-                }
-                total = total.saturating_add(bytes.len());
-                served.records.push(counter.count(self, &mut change, seq, meta, bytes, now)?);
-                if served.records.len() >= limit {
-                    served.more = true;
-                    break;
+            } else {
+                let (start, end) = seq_range(&pair, from);
+                let mut records = RecordLoader::new(self, &snap, "outbox");
+                for guard in snap.range(&self.ks.outbox, start..=end) {
+                    let key = guard.key().map_err(fjall_error)?;
+                    let seq = seq_suffix(&key, "outbox")?;
+                    if counter.removed.contains(&seq) {
+                        continue;
+                    }
+                    let value = records.load(seq)?;
+                    if !fill.offer(self, &mut counter, &mut change, seq, &value, now)? {
+                        break;
+                    }
                 }
             }
+            let served = fill.served;
             served_pages.push(served);
         }
         if counter.logged > 0 {
@@ -2190,6 +2283,42 @@ mod tests {
             all.extend(batch);
         }
         all
+    }
+
+    /// Seqs of the records `read_after` serves from owner 1's outbox after `after_seq`.
+    fn read_seqs(store: &FjallStore, after_seq: u64, limit: usize) -> Vec<u64> {
+        let page = store.read_after(&key(1), &key(100), after_seq, limit, usize::MAX, 2).expect("read");
+        page.iter().map(|(record, _)| record.meta.seq).collect()
+    }
+
+    #[test]
+    fn reads_after_recent_cursors_find_the_same_records_as_walks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = FjallConfig { recent_outboxes: 16, recent_per_outbox: 2, ..FjallConfig::default() };
+        let store = FjallStore::open_with(dir.path(), config.clone()).expect("open");
+        // Owner 1's records are 1, 3, 5, 7, 9; owner 2's (another outbox) 2, 4, 6, 8.
+        for i in 0..9 {
+            let owner = (i % 2) as u8 + 1;
+            let out = store.put_batch(&[record(owner, &format!("r{i}"), 10)]).expect("put");
+            assert_eq!(out, vec![PutOutcome::Stored { seq: i + 1 }]);
+        }
+        // The list holds 7 and 9 of owner 1: cursors from 7 are served from it, those below walk.
+        assert_eq!(read_seqs(&store, 0, 10), vec![1, 3, 5, 7, 9]);
+        assert_eq!(read_seqs(&store, 4, 10), vec![5, 7, 9]);
+        assert_eq!(read_seqs(&store, 6, 1), vec![7]);
+        assert_eq!(read_seqs(&store, 7, 10), vec![9]);
+        assert_eq!(read_seqs(&store, 9, 10), Vec::<u64>::new());
+        // A listed record deleted since is skipped.
+        assert!(store.delete(&key(1), &key(100), "r8").expect("delete"));
+        assert_eq!(read_seqs(&store, 7, 10), Vec::<u64>::new());
+        assert_eq!(read_seqs(&store, 0, 10), vec![1, 3, 5, 7]);
+        // After a reopen the list is empty: everything up to the last seq walks.
+        drop(store);
+        let store = FjallStore::open_with(dir.path(), config).expect("reopen");
+        assert_eq!(read_seqs(&store, 4, 10), vec![5, 7]);
+        store.put_batch(&[record(1, "late", 10)]).expect("put");
+        assert_eq!(read_seqs(&store, 7, 10), vec![10]);
+        assert_eq!(read_seqs(&store, 0, 10), vec![1, 3, 5, 7, 10]);
     }
 
     fn assert_corrupted(result: Result<FjallStore, StoreError>, needle: &str) -> String {

@@ -18,6 +18,7 @@ pub mod conformance;
 mod fjall_store;
 mod memory_store;
 mod read_cache;
+mod recent;
 
 pub use fjall_store::{FjallConfig, FjallStore};
 pub use memory_store::MemoryStore;

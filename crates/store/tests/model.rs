@@ -1,13 +1,16 @@
-//! Model check: random sequences of puts, reads, deletes, expiry, account writes, drops,
-//! drop expiry, stamp pruning and issuance charges give the same observable results on `FjallStore` as on `MemoryStore` (the reference model), with
-//! the Fjall store closed and reopened at random points.
+//! Model check: random sequences of puts, reads, pages read after a cursor (as listeners and
+//! syncs read), deletes, expiry, account writes, drops, drop expiry, stamp pruning and issuance
+//! charges give the same observable results on `FjallStore` as on `MemoryStore` (the reference
+//! model), with the Fjall store closed and reopened at random points, and its list of recent
+//! records off, small enough to overflow, or at its default size.
 //!
 //! `PROPTEST_CASES` sets the number of sequences (default 12).
 
 use pigeonhole_proto::keys::{PublicKey, SecretKey};
 use pigeonhole_proto::tag::{Prefix, Tag};
 use pigeonhole_store::{
-    Account, AccountStatus, FjallStore, ListQuery, MemoryStore, NewDrop, NewRecord, Store, StoreError,
+    Account, AccountStatus, FjallConfig, FjallStore, ListQuery, MemoryStore, NewDrop, NewRecord, PageRead,
+    Store, StoreError,
 };
 use proptest::prelude::*;
 
@@ -107,6 +110,30 @@ impl DropSpec {
     }
 }
 
+/// Where a page starts: just before the `n` newest records of its outbox (a live listener,
+/// or one a few records behind), or at a fixed sequence number (a reader far behind).
+#[derive(Debug, Clone, Copy)]
+enum Cursor {
+    Behind(usize),
+    At(u64),
+}
+
+impl Cursor {
+    fn seq<S: Store>(self, s: &S, owner: &PublicKey, receiver: &PublicKey) -> u64 {
+        match self {
+            Cursor::Behind(n) => {
+                let live = s.fetch_after(owner, receiver, 0, 1_000, 0).expect("fetch");
+                live.len().checked_sub(n + 1).map_or(0, |i| live[i].meta.seq)
+            }
+            Cursor::At(seq) => seq,
+        }
+    }
+}
+
+fn cursor() -> impl Strategy<Value = Cursor> {
+    prop_oneof![3 => (0..4usize).prop_map(Cursor::Behind), 1 => (0..30u64).prop_map(Cursor::At)]
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Put(Vec<Spec>),
@@ -114,6 +141,11 @@ enum Op {
         owner: u8,
         receiver: u8,
         id: u8,
+        now: u64,
+    },
+    /// `read_after_many`: pages of (owner, receiver, cursor, limit, max bytes).
+    ReadAfter {
+        pages: Vec<(u8, u8, Cursor, usize, usize)>,
         now: u64,
     },
     Delete {
@@ -191,6 +223,8 @@ fn op() -> impl Strategy<Value = Op> {
         4 => prop::collection::vec(spec(), 0..6).prop_map(Op::Put),
         3 => (0..OWNERS, 0..RECEIVERS, 0..IDS, 0..40u64)
             .prop_map(|(owner, receiver, id, now)| Op::Read { owner, receiver, id, now: now * 10 }),
+        6 => (prop::collection::vec((0..OWNERS, 0..RECEIVERS, cursor(), 0..4usize, 0..60usize), 1..4), 0..40u64)
+            .prop_map(|(pages, now)| Op::ReadAfter { pages, now: now * 10 }),
         1 => (0..OWNERS, 0..RECEIVERS, 0..IDS).prop_map(|(owner, receiver, id)| Op::Delete { owner, receiver, id }),
         1 => (0..40u64, 0..4usize).prop_map(|(now, limit)| Op::Expire { now: now * 10, limit }),
         1 => (0..OWNERS, any::<bool>(), 0..3u64)
@@ -214,6 +248,19 @@ fn apply<S: Store>(s: &S, op: &Op) -> String {
         }
         Op::Read { owner: o, receiver: r, id: i, now } => {
             format!("{:?}", s.read(&owner(*o), &receiver(*r), &id(*i), *now))
+        }
+        Op::ReadAfter { pages, now } => {
+            let pages: Vec<_> = pages
+                .iter()
+                .map(|&(o, r, cursor, limit, max_bytes)| PageRead {
+                    owner: owner(o),
+                    receiver: receiver(r),
+                    after_seq: cursor.seq(s, &owner(o), &receiver(r)),
+                    limit,
+                    max_bytes,
+                })
+                .collect();
+            format!("{:?}", s.read_after_many(&pages, *now))
         }
         Op::Delete { owner: o, receiver: r, id: i } => {
             format!("{:?}", s.delete(&owner(*o), &receiver(*r), &id(*i)))
@@ -306,14 +353,22 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
     #[test]
-    fn fjall_matches_the_memory_model(ops in prop::collection::vec(op(), 1..40)) {
+    fn fjall_matches_the_memory_model(
+        ops in prop::collection::vec(op(), 1..40),
+        // The list of recent records (the model has 9 outboxes of up to 4 live records each):
+        // off; dropping records of an outbox, starting over, or both often; the default.
+        (recent_outboxes, recent_per_outbox) in prop_oneof![
+            Just((0, 0)), Just((16, 1)), Just((16, 2)), Just((2, 8)), Just((4, 2)), Just((32_768, 8))
+        ],
+    ) {
         let model = MemoryStore::new();
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut fjall = FjallStore::open(dir.path()).expect("open");
+        let config = FjallConfig { recent_outboxes, recent_per_outbox, ..FjallConfig::default() };
+        let mut fjall = FjallStore::open_with(dir.path(), config.clone()).expect("open");
         for (step, op) in ops.iter().enumerate() {
             if let Op::Reopen = op {
                 drop(fjall);
-                fjall = FjallStore::open(dir.path()).expect("reopen");
+                fjall = FjallStore::open_with(dir.path(), config.clone()).expect("reopen");
             }
             let expected = apply(&model, op);
             let got = apply(&fjall, op);
