@@ -7,6 +7,7 @@
 //! after the store has made it durable.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use pigeonhole_proto::receipt::{CommitGroup, DropLeaf, DropReceipt, Receipt, ReceiptLeaf, WriteReceipt};
 use pigeonhole_store::{DropOutcome, NewDrop, NewRecord, PutOutcome};
@@ -16,7 +17,7 @@ use crate::engine::{Engine, random_aux};
 use crate::error::{ErrorCode, RelayError};
 use crate::http::now_ms;
 use crate::notify::{DropWaiters, Notifier};
-use crate::worker::GroupThread;
+use crate::worker::{GroupThread, Linger};
 
 /// The answer to an accepted write.
 #[derive(Debug, Clone)]
@@ -61,12 +62,18 @@ impl Committer {
         let limits = &engine.config().limits;
         let (capacity, max_batch) = (limits.commit_queue, limits.max_commit_batch);
         let signer = engine.clone();
-        let receipts = GroupThread::start("pigeonhole-receipts", RECEIPT_QUEUE, 1, move |groups| {
+        let receipts = GroupThread::start("pigeonhole-receipts", RECEIPT_QUEUE, 1, None, move |groups| {
             for group in groups {
                 answer(&signer, group);
             }
         });
-        let thread = GroupThread::start("pigeonhole-commit", capacity, max_batch, move |batch| {
+        // A stream of writes too slow to fill groups by itself (open-loop load at a fraction of
+        // capacity) would otherwise pay an fdatasync per few writes.
+        let linger = (limits.commit_linger_us > 0).then(|| Linger {
+            wait: Duration::from_micros(u64::from(limits.commit_linger_us)),
+            below: limits.commit_linger_below,
+        });
+        let thread = GroupThread::start("pigeonhole-commit", capacity, max_batch, linger, move |batch| {
             if let Some(committed) = commit_batch(&engine, &notifier, &waiters, batch) {
                 // Waits while the receipt thread is RECEIPT_QUEUE batches behind. The queue
                 // closes only when this closure is dropped, so the fallback never runs; it

@@ -68,6 +68,12 @@ pub struct Limits {
     pub max_commit_batch: usize,
     /// Writes waiting for the commit thread before new ones are refused with 503.
     pub commit_queue: usize,
+    /// Microseconds a small commit group waits for more writes to join it, when writes arrive
+    /// in a stream (the last commit ended less than this long ago): fewer, larger commits,
+    /// each one `fdatasync`, for up to this much more ack latency. 0 commits at once.
+    pub commit_linger_us: u32,
+    /// Commit groups of at least this many writes never wait.
+    pub commit_linger_below: usize,
     /// Sustained requests per second allowed from one IP address.
     pub requests_per_sec_per_ip: u32,
     /// Burst allowed above the sustained rate, per IP.
@@ -98,6 +104,8 @@ impl Default for Limits {
             listener_stall_secs: 30,
             max_commit_batch: 1024,
             commit_queue: 8192,
+            commit_linger_us: 1_000,
+            commit_linger_below: 16,
             requests_per_sec_per_ip: 200,
             burst_per_ip: 400,
             registrations_per_hour_per_ip: 20,
@@ -365,6 +373,9 @@ impl RelayConfig {
         {
             return invalid("limits.max_commit_batch", "must be between 1 and 65536");
         }
+        if l.commit_linger_us > 100_000 {
+            return invalid("limits.commit_linger_us", "at most 100000 (0.1 s)");
+        }
         if l.commit_queue == 0 || l.max_inventory == 0 || l.max_connections == 0 {
             return invalid("limits", "queue, inventory and connection limits must be positive");
         }
@@ -435,6 +446,11 @@ mod tests {
         assert!(err.to_string().contains("listen_port"), "{err}");
         let err = RelayConfig::from_toml("[limits]\nmax_commit_batch = 0\n", path).expect_err("bad value");
         assert!(err.to_string().contains("max_commit_batch"), "{err}");
+        let err =
+            RelayConfig::from_toml("[limits]\ncommit_linger_us = 100001\n", path).expect_err("too long");
+        assert!(err.to_string().contains("commit_linger_us"), "{err}");
+        let off = RelayConfig::from_toml("[limits]\ncommit_linger_us = 0\n", path).expect("0 turns it off");
+        assert_eq!(off.limits.commit_linger_us, 0);
         let ok = RelayConfig::from_toml("[accounts]\npolicy = \"invite\"\ninvite_codes = [\"a\"]\n", path)
             .expect("ok");
         assert_eq!(ok.accounts.policy, AccountPolicy::Invite);

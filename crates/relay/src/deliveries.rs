@@ -43,10 +43,15 @@ fn stopping() -> RelayError {
 impl Deliveries {
     /// Starts the delivery thread.
     pub fn start(engine: Arc<Engine>) -> Self {
-        let thread =
-            GroupThread::start("pigeonhole-deliver", DELIVERY_QUEUE, MAX_DELIVERY_GROUP, move |group| {
+        let thread = GroupThread::start(
+            "pigeonhole-deliver",
+            DELIVERY_QUEUE,
+            MAX_DELIVERY_GROUP,
+            None,
+            move |group| {
                 deliver_group(&engine, group);
-            });
+            },
+        );
         Self { thread }
     }
 
