@@ -1922,8 +1922,7 @@ impl Store for FjallStore {
                     }
                 }
             }
-            let served = fill.served;
-            served_pages.push(served);
+            served_pages.push(fill.served);
         }
         if counter.logged > 0 {
             // Counts of pushed records need not cost an fsync each: see Store::read_after.
