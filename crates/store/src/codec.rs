@@ -441,22 +441,31 @@ pub(crate) fn decode_pulls(value: &[u8]) -> Result<u32, StoreError> {
     Ok(pulls)
 }
 
-/// `usage` value: `[32] receiver ‖ u32 bytes ‖ var8(record id)`.
-pub(crate) fn encode_usage(receiver: &PublicKey, bytes: u32, record_id: &str) -> Vec<u8> {
+/// Appends one read to a `usage` value: `[32] receiver ‖ u32 bytes ‖ var8(record id)`. A value
+/// holds one or more reads of its key's owner's records, counted in the same commit (earlier
+/// versions wrote one read per value, which decodes the same way).
+pub(crate) fn encode_usage_read(value: &mut Vec<u8>, receiver: &PublicKey, bytes: u32, record_id: &str) {
     let mut w = Writer::with_capacity(KEY_LEN + 4 + 1 + record_id.len());
     w.raw(&receiver.to_bytes()).u32(bytes).var8(record_id.as_bytes());
-    w.finish()
+    value.extend_from_slice(&w.finish());
 }
 
-/// Decodes a `usage` value into (receiver, bytes, record id).
-pub(crate) fn decode_usage(value: &[u8]) -> Result<(PublicKey, u32, String), StoreError> {
-    let decode = |value| -> Result<(PublicKey, u32, String), DecodeError> {
+/// Decodes a `usage` value into its reads, each (receiver, bytes, record id): at least one.
+pub(crate) fn decode_usage(value: &[u8]) -> Result<Vec<(PublicKey, u32, String)>, StoreError> {
+    let decode = |value| -> Result<Vec<(PublicKey, u32, String)>, DecodeError> {
         let mut r = Reader::new(value);
-        let receiver = read_key(&mut r, "receiver")?;
-        let bytes = r.u32("bytes")?;
-        let record_id = r.str8(MAX_RECORD_ID_LEN, "record id")?.to_owned();
+        let mut reads = Vec::new();
+        loop {
+            let receiver = read_key(&mut r, "receiver")?;
+            let bytes = r.u32("bytes")?;
+            let record_id = r.str8(MAX_RECORD_ID_LEN, "record id")?.to_owned();
+            reads.push((receiver, bytes, record_id));
+            if r.remaining() == 0 {
+                break;
+            }
+        }
         r.finish()?;
-        Ok((receiver, bytes, record_id))
+        Ok(reads)
     };
     decode(value).map_err(decode_err("usage"))
 }
@@ -571,8 +580,16 @@ mod tests {
         };
         assert_eq!(decode_account(key(3), &encode_account(&account)).expect("decodes"), account);
         assert!(decode_account(key(3), &[2; 21]).is_err());
-        let usage = encode_usage(&key(4), 12, "id");
-        assert_eq!(decode_usage(&usage).expect("decodes"), (key(4), 12, "id".to_owned()));
+        let mut usage = Vec::new();
+        encode_usage_read(&mut usage, &key(4), 12, "id");
+        assert_eq!(decode_usage(&usage).expect("decodes"), vec![(key(4), 12, "id".to_owned())]);
+        encode_usage_read(&mut usage, &key(5), 13, "other");
+        assert_eq!(
+            decode_usage(&usage).expect("decodes"),
+            vec![(key(4), 12, "id".to_owned()), (key(5), 13, "other".to_owned())]
+        );
+        assert!(decode_usage(&[]).is_err());
+        assert!(decode_usage(&usage[..usage.len() - 1]).is_err());
         let counters = Usage { records: 3, bytes: 99 };
         assert_eq!(decode_usage_counters(&encode_usage_counters(counters), "owners").expect("ok"), counters);
         assert!(decode_usage_counters(&[0; 15], "owners").is_err());

@@ -85,6 +85,7 @@ pub fn cases<S: Store>() -> Vec<Case<S>> {
             read_after_many_counts_pages_as_one_after_another::<S>,
         ),
         ("usage_window", usage_window::<S>),
+        ("usage_logs_every_read_of_a_large_commit", usage_logs_every_read_of_a_large_commit::<S>),
         ("delete", delete::<S>),
         ("accounts", accounts::<S>),
         ("owner_usage_and_totals", owner_usage_and_totals::<S>),
@@ -663,7 +664,7 @@ fn read_batch_counts_each_read<S: Store>(s: &S) {
     assert_eq!(summary, vec![Some((1, false)), Some((1, false)), Some((2, true)), None, None]);
     assert_eq!(s.get(&alice(), &bob(), "a", 100).expect("get"), None);
     assert_eq!(s.get(&alice(), &bob(), "b", 100).expect("get").expect("kept").meta.pulls, 1);
-    // Every served read is logged, each under its own key even within one batch.
+    // Every served read is logged, in order, even within one batch.
     let rows = s.usage(&alice(), None, None, 100).expect("usage");
     assert_eq!(rows.iter().map(|r| r.record_id.as_str()).collect::<Vec<_>>(), vec!["a", "b", "a"]);
     assert!(rows.iter().all(|r| r.read_at == 100));
@@ -829,6 +830,44 @@ fn pull_limit_exhaustion<S: Store>(s: &S) {
     put_one(s, r);
     let (again, exhausted) = served(s, alice(), bob(), "twice", 30);
     assert_eq!((again.meta.pulls, exhausted), (1, false));
+}
+
+fn usage_logs_every_read_of_a_large_commit<S: Store>(s: &S) {
+    // Two owners' records read in one batch, interleaved, more reads than any one usage entry
+    // of a backend may hold: every read is listed for its owner, in order, and a limit cuts
+    // the list anywhere.
+    let key = |owner: PublicKey, id: String| crate::ReadKey { owner, receiver: bob(), record_id: id };
+    for i in 0..4 {
+        put_one(s, rec(alice(), bob(), &format!("a{i}")));
+        put_one(s, rec(carol(), bob(), &format!("c{i}")));
+    }
+    let mut reads = Vec::new();
+    for n in 0..700 {
+        reads.push(key(alice(), format!("a{}", n % 4)));
+        if n % 3 == 0 {
+            reads.push(key(carol(), format!("c{}", n % 4)));
+        }
+    }
+    let outcomes = s.read_batch(&reads, 50).expect("batch");
+    assert!(outcomes.iter().all(|o| matches!(o, ReadOutcome::Served { .. })));
+    let ids = |owner: PublicKey, limit: usize| -> Vec<String> {
+        s.usage(&owner, None, None, limit).expect("usage").into_iter().map(|r| r.record_id).collect()
+    };
+    let expected = |owner: PublicKey| -> Vec<String> {
+        reads.iter().filter(|k| k.owner == owner).map(|k| k.record_id.clone()).collect()
+    };
+    assert_eq!(ids(alice(), 10_000), expected(alice()));
+    assert_eq!(ids(carol(), 10_000), expected(carol()));
+    for limit in [1, 255, 256, 257, 699] {
+        assert_eq!(ids(alice(), limit), expected(alice())[..limit], "limit {limit}");
+    }
+    // A later read is listed after them.
+    served(s, alice(), bob(), "a0", 60);
+    let rows = s.usage(&alice(), None, None, 10_000).expect("usage");
+    assert_eq!(rows.len(), 701);
+    assert_eq!((rows[700].read_at, rows[700].record_id.as_str()), (60, "a0"));
+    assert!(rows[..700].iter().all(|r| r.read_at == 50 && r.receiver == bob() && r.owner == alice()));
+    assert_eq!(s.get(&alice(), &bob(), "a0", 60).expect("get").expect("stored").meta.pulls, 176);
 }
 
 fn usage_window<S: Store>(s: &S) {

@@ -14,7 +14,7 @@
 //! | `expiry`   | expires_at ‖ seq                      | (empty) |
 //! | `tags`     | tag ‖ seq                             | (empty) |
 //! | `pulls`    | seq                                   | u32 reads so far (absent = 0) |
-//! | `usage`    | owner ‖ read_at ‖ commit number       | receiver ‖ u32 bytes ‖ var8(record id) |
+//! | `usage`    | owner ‖ read_at ‖ commit number       | (receiver ‖ u32 bytes ‖ var8(record id))+, the owner's reads in one commit |
 //! | `accounts` | account key                           | u8 status ‖ created_at ‖ max_bytes ‖ u32 max_records_per_day |
 //! | `owners`   | owner                                 | u64 records ‖ u64 bytes (absent = none) |
 //! | `drops`    | seq                                   | [20] tag ‖ stored_at ‖ expires_at ‖ drop_hash ‖ var32(bytes) |
@@ -125,8 +125,8 @@ use crate::codec::{
     DROP_INDEX_GRANULARITIES, KEY_LEN, PAIR_LEN, StoredMeta, be_u32, be_u64, bucket_key, check_new_drop,
     check_new_record, corrupted, decode_account, decode_drop, decode_drop_prefix, decode_pulls,
     decode_record, decode_usage, decode_usage_counters, drop_prefix_bucket, drop_prefix_key,
-    drop_prefix_value, drop_value_tag, encode_account, encode_drop, encode_record, encode_usage,
-    encode_usage_counters, expiry_key, issuance_key, outbox_key, outbox_prefix, pair_id, pair_outbox_key,
+    drop_prefix_value, drop_value_tag, encode_account, encode_drop, encode_record, encode_usage_counters,
+    encode_usage_read, expiry_key, issuance_key, outbox_key, outbox_prefix, pair_id, pair_outbox_key,
     pair_path_key, path_key, seq_key, seq_suffix, split_v3_pair_key, stamp_key, tag_key, usage_key,
     usage_key_read_at,
 };
@@ -840,16 +840,25 @@ impl<'a> RecordLoader<'a> {
     }
 }
 
+/// Most reads logged in one `usage` value: a long sync's commit writes one value per this many
+/// reads of an owner's records, each a few kilobytes at most.
+const MAX_READS_PER_USAGE_VALUE: usize = 256;
+
 /// Counts reads inside one commit exactly as reads one after another would count them: a
 /// record read twice is counted twice, one a read used up is gone for the reads after it, and
-/// every read is logged under its own usage key.
+/// every read is logged. The reads of one owner's records in one commit share a usage entry (a
+/// live delivery group's pages come from a few writers, a sync's page from one), so logging
+/// costs one store entry per owner rather than one per read.
 struct ReadCounter {
-    /// Usage keys are unique per read: this commit's number, then the read's index in it.
+    /// Usage keys are unique per entry: this commit's number, then the index in it of the
+    /// entry's first read.
     counter_base: u64,
     /// Reads counted so far (at most [`MAX_READ_BATCH`]).
     logged: usize,
     pulls_so_far: HashMap<u64, u32>,
     removed: HashSet<u64>,
+    /// This commit's usage entries still open, by owner: key, value, reads in it.
+    usage: HashMap<[u8; 32], ([u8; 48], Vec<u8>, usize)>,
 }
 
 impl ReadCounter {
@@ -859,6 +868,7 @@ impl ReadCounter {
             logged: 0,
             pulls_so_far: HashMap::new(),
             removed: HashSet::new(),
+            usage: HashMap::new(),
         }
     }
 
@@ -878,12 +888,7 @@ impl ReadCounter {
         };
         let pulls = before.saturating_add(1);
         let exhausted = meta.max_pulls != 0 && pulls >= meta.max_pulls;
-        change.batch.insert(
-            &store.ks.usage,
-            usage_key(&meta.owner, now, self.counter_base + self.logged as u64),
-            encode_usage(&meta.receiver, meta.size, &meta.record_id),
-        );
-        self.logged += 1;
+        self.log(store, change, &meta, now);
         if exhausted {
             change.remove(seq, &meta, false)?;
             self.removed.insert(seq);
@@ -892,6 +897,31 @@ impl ReadCounter {
             self.pulls_so_far.insert(seq, pulls);
         }
         Ok((StoredRecord { meta: meta.into_meta(seq, pulls), bytes: bytes.to_vec() }, exhausted))
+    }
+
+    /// Adds a read of `meta`'s record to its owner's usage entry in this commit, starting one if
+    /// the owner has none open.
+    fn log(&mut self, store: &FjallStore, change: &mut Change<'_>, meta: &StoredMeta, now: u64) {
+        let index = self.counter_base + self.logged as u64;
+        self.logged += 1;
+        let entry = self
+            .usage
+            .entry(meta.owner.to_bytes())
+            .or_insert_with(|| (usage_key(&meta.owner, now, index), Vec::new(), 0));
+        encode_usage_read(&mut entry.1, &meta.receiver, meta.size, &meta.record_id);
+        entry.2 += 1;
+        if entry.2 >= MAX_READS_PER_USAGE_VALUE
+            && let Some((key, value, _)) = self.usage.remove(&meta.owner.to_bytes())
+        {
+            change.batch.insert(&store.ks.usage, key, value);
+        }
+    }
+
+    /// Writes the usage entries still open into the commit: call before committing `change`.
+    fn finish(&mut self, store: &FjallStore, change: &mut Change<'_>) {
+        for (_, (key, value, _)) in self.usage.drain() {
+            change.batch.insert(&store.ks.usage, key, value);
+        }
     }
 }
 
@@ -1864,6 +1894,7 @@ impl Store for FjallStore {
             let (record, exhausted) = counter.count(self, &mut change, seq, meta, bytes, now)?;
             outcomes.push(ReadOutcome::Served { record, exhausted });
         }
+        counter.finish(self, &mut change);
         self.commit(&mut state, change, None)?;
         Ok(outcomes)
     }
@@ -1874,10 +1905,11 @@ impl Store for FjallStore {
         // each record is read once, counted and logged, and every page becomes durable in one
         // commit.
         let mut state = self.write.lock();
-        // Each read writes a usage entry and a pull count. Room for the reads the pages ask
-        // for, up to a bound: a page whose limit is large often finds fewer records.
+        // Each read writes a pull count, and each owner read from a usage entry. Room for the
+        // reads the pages ask for, up to a bound: a page whose limit is large often finds
+        // fewer records.
         let asked = pages.iter().fold(0usize, |sum, page| sum.saturating_add(page.limit));
-        let mut change = Change::with_capacity(self, &state, asked.min(READS_RESERVED) * 2 + 8)?;
+        let mut change = Change::with_capacity(self, &state, asked.min(READS_RESERVED) + pages.len() + 8)?;
         let mut counter = ReadCounter::new(state.commit);
         let mut served_pages = Vec::with_capacity(pages.len());
         for page in pages {
@@ -1925,6 +1957,7 @@ impl Store for FjallStore {
             served_pages.push(fill.served);
         }
         if counter.logged > 0 {
+            counter.finish(self, &mut change);
             // Counts of pushed records need not cost an fsync each: see Store::read_after.
             self.commit_as(&mut state, change, None, PersistMode::Buffer)?;
         }
@@ -1996,10 +2029,11 @@ impl Store for FjallStore {
         for guard in self.ks.usage.range(range) {
             let (key, value) = guard.into_inner().map_err(fjall_error)?;
             let read_at = usage_key_read_at(&key)?;
-            let (receiver, bytes, record_id) = decode_usage(&value)?;
-            out.push(UsageRow { owner: *owner, receiver, record_id, bytes, read_at });
-            if out.len() >= limit {
-                break;
+            for (receiver, bytes, record_id) in decode_usage(&value)? {
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+                out.push(UsageRow { owner: *owner, receiver, record_id, bytes, read_at });
             }
         }
         Ok(out)
