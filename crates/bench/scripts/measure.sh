@@ -6,7 +6,7 @@
 #   ingest    --spawn --spawn-data COPY --clients 64 --seconds 60 --size 1024
 #   ingest    --spawn --spawn-data COPY --clients 64 --seconds 60 --size 1024 --fresh-sessions
 #   deliver   --spawn --spawn-data COPY --rate R --seconds 30   (R = half this run's ingest rate)
-#   sync      --spawn --records 50000 --size 1024
+#   sync      --spawn --records 200000 --size 1024
 #
 # COPY is a fresh copy of TEMPLATE for each run (written to disk with `sync` before the run
 # starts), so every ingest meets a store that already holds PRELOAD records (short runs on an
@@ -18,7 +18,8 @@
 # (default: a new temp dir), one file per command, one line per run; the summary needs python3.
 #
 # Environment: RUNS (3), SECONDS_INGEST (60), SECONDS_DELIVER (30), CLIENTS (64), SIZE (1024),
-# RECORDS (50000), PRELOAD (1000000), BIN (default target/release), OUT.
+# RECORDS (200000; 50000 before 2026-12-08, whose third of a second of reading made sync the
+# noisiest figure), PRELOAD (1000000), BIN (default target/release), OUT.
 set -euo pipefail
 
 RUNS=${RUNS:-3}
@@ -27,7 +28,7 @@ SECONDS_DELIVER=${SECONDS_DELIVER:-30}
 PRELOAD=${PRELOAD:-1000000}
 CLIENTS=${CLIENTS:-64}
 SIZE=${SIZE:-1024}
-RECORDS=${RECORDS:-50000}
+RECORDS=${RECORDS:-200000}
 ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
 BIN=${BIN:-$ROOT/target/release}
 OUT=${OUT:-$(mktemp -d -t pigeonhole-measure.XXXXXX)}
