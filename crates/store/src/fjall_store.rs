@@ -857,8 +857,16 @@ struct ReadCounter {
     logged: usize,
     pulls_so_far: HashMap<u64, u32>,
     removed: HashSet<u64>,
-    /// This commit's usage entries still open, by owner: key, value, reads in it.
-    usage: HashMap<[u8; 32], ([u8; 48], Vec<u8>, usize)>,
+    /// This commit's usage entries still open, by owner.
+    usage: HashMap<[u8; 32], UsageEntry>,
+}
+
+/// A usage entry being filled by [`ReadCounter`].
+struct UsageEntry {
+    key: [u8; 48],
+    value: Vec<u8>,
+    /// Reads encoded in `value`.
+    reads: usize,
 }
 
 impl ReadCounter {
@@ -904,23 +912,25 @@ impl ReadCounter {
     fn log(&mut self, store: &FjallStore, change: &mut Change<'_>, meta: &StoredMeta, now: u64) {
         let index = self.counter_base + self.logged as u64;
         self.logged += 1;
-        let entry = self
-            .usage
-            .entry(meta.owner.to_bytes())
-            .or_insert_with(|| (usage_key(&meta.owner, now, index), Vec::new(), 0));
-        encode_usage_read(&mut entry.1, &meta.receiver, meta.size, &meta.record_id);
-        entry.2 += 1;
-        if entry.2 >= MAX_READS_PER_USAGE_VALUE
-            && let Some((key, value, _)) = self.usage.remove(&meta.owner.to_bytes())
+        let owner = meta.owner.to_bytes();
+        let entry = self.usage.entry(owner).or_insert_with(|| UsageEntry {
+            key: usage_key(&meta.owner, now, index),
+            value: Vec::new(),
+            reads: 0,
+        });
+        encode_usage_read(&mut entry.value, &meta.receiver, meta.size, &meta.record_id);
+        entry.reads += 1;
+        if entry.reads >= MAX_READS_PER_USAGE_VALUE
+            && let Some(full) = self.usage.remove(&owner)
         {
-            change.batch.insert(&store.ks.usage, key, value);
+            change.batch.insert(&store.ks.usage, full.key, full.value);
         }
     }
 
     /// Writes the usage entries still open into the commit: call before committing `change`.
     fn finish(&mut self, store: &FjallStore, change: &mut Change<'_>) {
-        for (_, (key, value, _)) in self.usage.drain() {
-            change.batch.insert(&store.ks.usage, key, value);
+        for (_, entry) in self.usage.drain() {
+            change.batch.insert(&store.ks.usage, entry.key, entry.value);
         }
     }
 }
